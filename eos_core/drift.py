@@ -1,0 +1,113 @@
+"""The conditional Lyapunov drift D(theta) = E_B[L(theta - eta g_B)] - L(theta) (science.md).
+
+Monte Carlo over batches drawn from the sampler's distribution with a control variate
+Y_b = -eta <grad L, g_b>, whose mean -eta ||grad L||^2 is known; batches are drawn
+sequentially until the confidence interval excludes 0 or the budget is spent. When
+the distinct batches are few (B = 1, or B = n without replacement) the expectation is
+computed exactly by enumeration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from scipy.stats import norm
+
+from .objective import Objective
+from .sampling import BatchSampler
+
+
+@dataclass
+class DriftEstimate:
+    drift: float
+    se: float
+    samples: int
+    stable_p: float
+    exact: bool
+    # Kept for the second-order prediction at the same step: the batch gradients used.
+    batch_grads: torch.Tensor
+    raw_variance: float  # variance of L(theta - eta g_b) - L(theta) across batches
+    cv_variance: float  # variance after the control variate
+
+
+def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
+    """Mean and standard error of Y with control C of known mean; also both variances.
+
+    The coefficient is the regression slope cov(Y, C) / var(C), estimated from the sample.
+    """
+    k = y.numel()
+    y64, c64 = y.double(), c.double()
+    raw_var = float(y64.var(unbiased=True)) if k > 1 else 0.0
+    c_var = float(c64.var(unbiased=True)) if k > 1 else 0.0
+    if k > 2 and c_var > 0:
+        beta = float(((y64 - y64.mean()) * (c64 - c64.mean())).sum() / ((c64 - c64.mean()) ** 2).sum())
+    else:
+        beta = 0.0
+    z = y64 - beta * (c64 - c_mean)
+    cv_var = float(z.var(unbiased=True)) if k > 1 else 0.0
+    se = math.sqrt(cv_var / k) if k > 1 else float("inf")
+    return float(z.mean()), se, raw_var, cv_var
+
+
+class DriftEstimator:
+    def __init__(
+        self,
+        objective: Objective,
+        sampler: BatchSampler,
+        generator: torch.Generator,
+        samples: int | str,
+        max_samples: int,
+        confidence: float,
+    ) -> None:
+        self.objective, self.sampler, self.generator = objective, sampler, generator
+        self.confidence = confidence
+        self.z = float(norm.ppf(0.5 + confidence / 2))  # two-sided interval
+        count = sampler.distinct_count()
+        # Enumerate when asked, or when it is no dearer than the sampling asked for.
+        self.exact = samples == "exact" or (count is not None and isinstance(samples, int) and count <= samples)
+        self.samples = int(samples) if isinstance(samples, int) else 0
+        self.max_samples = max(max_samples, self.samples)
+        self._all_batches = sampler.enumerate_all() if self.exact else None
+
+    def _evaluate(self, theta: torch.Tensor, batches: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = theta.device
+        g = self.objective.batch_grads(batches.to(device))(theta)  # (K, P)
+        lr = self.objective.lr
+        after = self.objective.eval_losses(theta.unsqueeze(0) - lr * g)  # (K,)
+        y = after - loss
+        c = -lr * (g @ grad_l)
+        return y, c, g
+
+    def __call__(self, theta: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
+        lr = self.objective.lr
+        c_mean = -lr * float(torch.dot(grad_l, grad_l).double())
+        if self._all_batches is not None:
+            y, c, g = self._evaluate(theta, self._all_batches, loss, grad_l)
+            d = float(y.double().mean())
+            var = float(y.double().var()) if y.numel() > 1 else 0.0
+            return DriftEstimate(d, 0.0, y.numel(), 1.0 if d <= 0 else 0.0, True, g, var, 0.0)
+        ys, cs, gs = [], [], []
+        drawn, chunk = 0, self.samples
+        while True:
+            batches = self.sampler.draw(chunk, self.generator)
+            y, c, g = self._evaluate(theta, batches, loss, grad_l)
+            ys.append(y)
+            cs.append(c)
+            gs.append(g)
+            drawn += chunk
+            d, se, raw_var, cv_var = control_variate_mean(torch.cat(ys), torch.cat(cs), c_mean)
+            if abs(d) > self.z * se or drawn >= self.max_samples:
+                break
+            chunk = min(drawn, self.max_samples - drawn)  # double the sample
+        stable_p = _probability_nonpositive(d, se)
+        return DriftEstimate(d, se, drawn, stable_p, False, torch.cat(gs), raw_var, cv_var)
+
+
+def _probability_nonpositive(mean: float, se: float) -> float:
+    if not math.isfinite(mean):
+        return 0.0 if mean > 0 or math.isnan(mean) else 1.0
+    if se <= 0 or not math.isfinite(se):
+        return 1.0 if mean <= 0 else 0.0
+    return float(norm.cdf(-mean / se))

@@ -1,0 +1,95 @@
+"""The paper's models, written functionally over one flat parameter vector.
+
+A model is a pure function `logits(theta, x)` of a flat vector `theta` (shape (P,))
+and inputs `x` (shape (n, d)), returning logits of shape (n, k). Keeping the
+parameters flat makes Hessian-vector products, Lanczos and a later `vmap` over the
+runs of a sweep straightforward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .activations import Activation, make_activation
+from .spec import ModelSpec
+
+
+@dataclass
+class FlatModel:
+    kind: str
+    shapes: list[tuple[str, tuple[int, ...]]]
+    activation: Activation | None = None
+    signs: torch.Tensor | None = None  # two_layer: a_s in {-1, +1}, shape (m,)
+    init_scale: float = 1.0
+    _offsets: list[tuple[str, int, int, tuple[int, ...]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        start = 0
+        for name, shape in self.shapes:
+            size = math.prod(shape)
+            self._offsets.append((name, start, size, shape))
+            start += size
+        self.n_params = start
+        # Width of the widest layer output: sizes the chunks of vmapped evaluations.
+        self.widest = max(math.prod(shape[:-1]) for name, shape in self.shapes if name.startswith("W"))
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: theta[s : s + size].view(shape) for name, s, size, shape in self._offsets}
+
+    def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = self.unflatten(theta)
+        if self.kind == "linear":
+            return x @ p["W"].T  # (n, d) @ (d, k)
+        if self.kind == "two_layer":
+            assert self.activation is not None and self.signs is not None
+            w = p["W"]  # (k, m, d)
+            k, m, d = w.shape
+            pre = (x @ w.reshape(k * m, d).T).view(-1, k, m)  # (n, k, m)
+            return self.activation(pre) @ self.signs.to(pre) / m  # (n, k)
+        assert self.activation is not None
+        h = x
+        depth = len(self.shapes) // 2
+        for i in range(depth):
+            h = h @ p[f"W{i}"].T + p[f"b{i}"]
+            if i < depth - 1:
+                h = self.activation(h)
+        return h
+
+    def init(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """Initial parameters (on the CPU; the caller moves them), drawn from `generator`."""
+        parts: list[torch.Tensor] = []
+        for name, shape in self.shapes:
+            if self.kind == "linear":
+                parts.append(torch.zeros(shape, dtype=dtype))
+            elif self.kind == "two_layer":
+                d = shape[-1]
+                w = torch.randn(shape, generator=generator, dtype=torch.float64) * (self.init_scale / math.sqrt(d))
+                parts.append(w.to(dtype))
+            else:  # mlp: PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+                layer = name[1:]
+                fan_in = dict(self.shapes)[f"W{layer}"][1]
+                bound = 1.0 / math.sqrt(fan_in)
+                u = torch.rand(shape, generator=generator, dtype=torch.float64)
+                parts.append(((2 * u - 1) * bound).to(dtype))
+        return torch.cat([t.reshape(-1) for t in parts])
+
+
+def build_model(spec: ModelSpec, in_dim: int, classes: int) -> FlatModel:
+    act = make_activation(spec.activation, spec.leak, spec.huber_width)
+    if spec.kind == "linear":
+        return FlatModel("linear", [("W", (classes, in_dim))])
+    if spec.kind == "two_layer":
+        m = spec.width
+        # Half the units enter with +1, half with -1 (the paper's fixed output signs).
+        signs = torch.ones(m, dtype=torch.float64)
+        signs[m // 2 :] = -1.0
+        return FlatModel("two_layer", [("W", (classes, m, in_dim))], act, signs, spec.init_scale)
+    widths = [in_dim] + [spec.width] * (spec.depth - 1) + [classes]
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.depth):
+        shapes.append((f"W{i}", (widths[i + 1], widths[i])))
+        shapes.append((f"b{i}", (widths[i + 1],)))
+    return FlatModel("mlp", shapes, act)

@@ -1,0 +1,111 @@
+"""The training objective as pure functions of the flat parameters (torch.func friendly)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad, grad_and_value, jvp, vmap
+
+from .loss import margins, mean_loss
+from .models import FlatModel
+
+# Elements of the largest intermediate a vmapped evaluation may hold at once.
+VMAP_BUDGET = 2**25
+
+
+@dataclass
+class Objective:
+    """Loss, gradients and curvature on the training, evaluation and test sets."""
+
+    model: FlatModel
+    x_train: torch.Tensor  # (n, d)
+    y_train: torch.Tensor  # (n,)
+    x_eval: torch.Tensor  # (n_eval, d)
+    y_eval: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    lr: float  # effective step size
+
+    # --- plain losses -------------------------------------------------------------
+    def loss_on(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return mean_loss(self.model.logits(theta, x), y)
+
+    def eval_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.loss_on(theta, self.x_eval, self.y_eval)
+
+    def batch_loss(self, theta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.loss_on(theta, self.x_train[idx], self.y_train[idx])
+
+    # --- the training step ----------------------------------------------------------
+    def batch_grad_and_loss(self, theta: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g_B, L_B): the one function the training step uses, with or without measurement."""
+        g, value = grad_and_value(self.batch_loss)(theta, idx)
+        return g, value
+
+    # --- evaluation -----------------------------------------------------------------
+    def eval_state(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss, gradient, accuracy and margin on the evaluation set, in one pass."""
+
+        def loss_with_logits(th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.model.logits(th, self.x_eval)
+            return mean_loss(logits, self.y_eval), logits
+
+        g, (value, logits) = grad_and_value(loss_with_logits, has_aux=True)(theta)
+        return {
+            "loss": value,
+            "grad": g,
+            "acc": (logits.argmax(-1) == self.y_eval).to(theta.dtype).mean(),
+            "margin": margins(logits, self.y_eval).min(),
+        }
+
+    def test_state(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model.logits(theta, self.x_test)
+        return mean_loss(logits, self.y_test), (logits.argmax(-1) == self.y_test).to(theta.dtype).mean()
+
+    def _chunk(self, rows: int) -> int:
+        per_item = rows * self.model.widest * 4  # activations and their derivatives
+        return max(1, VMAP_BUDGET // max(1, per_item))
+
+    def eval_losses(self, thetas: torch.Tensor) -> torch.Tensor:
+        """L(theta_b) for a stack of parameter vectors (K, P) -> (K,)."""
+        return vmap(self.eval_loss, chunk_size=self._chunk(len(self.x_eval)))(thetas)
+
+    def batch_grads(self, batches: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """theta -> g_b for each row of `batches` (K, B), stacked as (K, P)."""
+
+        def grads(theta: torch.Tensor) -> torch.Tensor:
+            per_batch = vmap(grad(self.batch_loss), in_dims=(None, 0), chunk_size=self._chunk(batches.shape[1]))
+            return per_batch(theta, batches)
+
+        return grads
+
+    # --- curvature ------------------------------------------------------------------
+    def eval_hvp(self, theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v -> H v with H the Hessian of the evaluation loss at theta (forward over reverse)."""
+        gradient = grad(self.eval_loss)
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            return jvp(gradient, (theta,), (v,))[1]
+
+        return hvp
+
+    def eval_quadratic_forms(self, theta: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """v_b^T H v_b for each row of `vectors` (K, P) -> (K,)."""
+        hvp = self.eval_hvp(theta)
+        chunk = self._chunk(len(self.x_eval))
+        return vmap(lambda v: torch.dot(v, hvp(v)), chunk_size=chunk)(vectors)
+
+    def batch_sharpness_terms(self, theta: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
+        """g_b^T H_b g_b / ||g_b||^2 with gradient and Hessian on the same batch b, (K,)."""
+
+        def one(idx: torch.Tensor) -> torch.Tensor:
+            def loss(th: torch.Tensor) -> torch.Tensor:
+                return self.batch_loss(th, idx)
+
+            g = grad(loss)(theta)
+            hg = jvp(grad(loss), (theta,), (g,))[1]
+            return torch.dot(g, hg) / torch.dot(g, g)
+
+        return vmap(one, chunk_size=self._chunk(batches.shape[1]))(batches)

@@ -1,0 +1,238 @@
+"""The instrumented SGD loop: `train(spec, sink=None, progress=None) -> RunResult`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .analysis import analyze
+from .data import Dataset, load_dataset
+from .drift import DriftEstimate, DriftEstimator
+from .models import build_model
+from .objective import Objective
+from .sampling import BatchSampler
+from .sharpness import SharpnessTracker
+from .spec import RunSpec
+from .trace import Sink, Trace, TraceRecorder
+
+Progress = Callable[[int, int], object]
+# quad_drift averages v^T H v over at most this many of the drift's batch gradients.
+QUAD_DRIFT_MAX_BATCHES = 64
+
+
+class StopTraining(Exception):
+    """Raised by a sink or progress callback to stop the run early (status `stopped`)."""
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    trace: Trace
+    summary: dict[str, Any]
+    dataset_info: dict[str, Any]
+    params: np.ndarray = field(repr=False)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary["status"])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} was asked for, but CUDA is not available here")
+    return device
+
+
+def _seeds(seed: int) -> tuple[int, int, int, int]:
+    """Independent seeds for init, the training stream, measurement and the eval subset."""
+    children = np.random.SeedSequence(seed).generate_state(4, dtype=np.uint64)
+    return tuple(int(c) & 0x7FFF_FFFF_FFFF_FFFF for c in children)  # type: ignore[return-value]
+
+
+def build_objective(spec: RunSpec, data: Dataset, device: torch.device, eval_seed: int) -> Objective:
+    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
+    model = build_model(spec.model, data.x_train.shape[1], data.classes)
+    if model.signs is not None:
+        model.signs = model.signs.to(device=device, dtype=dtype)
+
+    def tensor(a: np.ndarray, labels: bool = False) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.long if labels else dtype, device=device)
+
+    x_eval, y_eval = data.x_train, data.y_train
+    subset = spec.instrument.eval_subset
+    if subset is not None and subset < len(x_eval):
+        keep = np.sort(np.random.default_rng(eval_seed).choice(len(x_eval), subset, replace=False))
+        x_eval, y_eval = x_eval[keep], y_eval[keep]
+    return Objective(
+        model,
+        tensor(data.x_train),
+        tensor(data.y_train, True),
+        tensor(x_eval),
+        tensor(y_eval, True),
+        tensor(data.x_test),
+        tensor(data.y_test, True),
+        spec.effective_lr,
+    )
+
+
+class _Instruments:
+    """Everything measured at a recorded step; draws only from the measurement generator."""
+
+    def __init__(self, spec: RunSpec, objective: Objective, sampler: BatchSampler, generator: torch.Generator) -> None:
+        ins = spec.instrument
+        self.spec, self.objective, self.generator = spec, objective, generator
+        self.drift = (
+            DriftEstimator(objective, sampler, generator, ins.drift_samples, ins.drift_max_samples, ins.confidence)
+            if ins.drift_samples != 0
+            else None
+        )
+        self.sharpness = (
+            SharpnessTracker(ins.sharpness_tol, ins.sharpness_max_iter, generator) if ins.sharpness_every else None
+        )
+        self.sampler = sampler
+        self.seconds = 0.0
+
+    def measure(self, step: int, theta: torch.Tensor) -> dict[str, float]:
+        started = time.perf_counter()
+        ins, obj, lr = self.spec.instrument, self.objective, self.objective.lr
+        state = obj.eval_state(theta)
+        loss = float(state["loss"])
+        grad_sq = float(torch.dot(state["grad"], state["grad"]).double())
+        row = {
+            "loss": loss,
+            "acc": float(state["acc"]),
+            "grad_norm": math.sqrt(grad_sq),
+            "margin": float(state["margin"]),
+            "param_norm": float(torch.linalg.vector_norm(theta)),
+            "eta_loss": lr * loss,
+        }
+        estimate: DriftEstimate | None = None
+        if self.drift is not None and math.isfinite(loss) and step % ins.drift_every == 0:
+            estimate = self.drift(theta, state["loss"], state["grad"])
+            row.update(
+                drift=estimate.drift,
+                drift_se=estimate.se,
+                drift_samples_used=estimate.samples,
+                rel_drift=estimate.drift / (lr * grad_sq) if grad_sq > 0 else math.nan,
+                stable_p=estimate.stable_p,
+                stable=1.0 if estimate.stable_p >= 0.5 else 0.0,
+            )
+        if self.sharpness is not None and math.isfinite(loss) and step % ins.sharpness_every == 0:
+            row.update(self._curvature(theta, grad_sq, estimate))
+        if ins.test_every and step % ins.test_every == 0 and len(obj.x_test):
+            test_loss, test_acc = obj.test_state(theta)
+            row.update(test_loss=float(test_loss), test_acc=float(test_acc))
+        self.seconds += time.perf_counter() - started
+        return row
+
+    def _curvature(self, theta: torch.Tensor, grad_sq: float, estimate: DriftEstimate | None) -> dict[str, float]:
+        assert self.sharpness is not None
+        obj, lr = self.objective, self.objective.lr
+        pair = self.sharpness(obj.eval_hvp(theta), theta)
+        batches = self.sampler.draw(self.spec.instrument.batch_sharpness_samples, self.generator)
+        terms = obj.batch_sharpness_terms(theta, batches.to(theta.device))
+        row = {
+            "sharpness": pair.value,
+            "sharpness_residual": pair.residual,
+            "hvps": float(pair.products),
+            "batch_sharpness": float(terms.double().mean()),
+        }
+        if estimate is not None:
+            grads = estimate.batch_grads
+            if len(grads) > QUAD_DRIFT_MAX_BATCHES:
+                pick = torch.randperm(len(grads), generator=self.generator)[:QUAD_DRIFT_MAX_BATCHES]
+                grads = grads[pick.to(grads.device)]
+            forms = obj.eval_quadratic_forms(theta, grads)
+            row["quad_drift"] = -lr * grad_sq + 0.5 * lr * lr * float(forms.double().mean())
+        return row
+
+
+def train(
+    spec: RunSpec,
+    sink: Sink | None = None,
+    progress: Progress | None = None,
+    *,
+    dataset: Dataset | None = None,
+) -> RunResult:
+    """Run SGD as the spec says and measure it. `sink` gets the trace in chunks as it grows.
+
+    A run whose iterate stops being finite ends as `diverged`, keeping what was measured.
+    A sink or progress callback may raise `StopTraining` to end the run as `stopped`.
+    """
+    started = time.perf_counter()
+    device = resolve_device(spec.device)
+    init_seed, train_seed, measure_seed, eval_seed = _seeds(spec.seed)
+    data = dataset if dataset is not None else load_dataset(spec.dataset, spec.seed)
+    objective = build_objective(spec, data, device, eval_seed)
+    sampler = BatchSampler(len(data.x_train), spec.optimizer.batch_size, spec.optimizer.sampler, _gen(train_seed))
+    instruments = _Instruments(spec, objective, sampler, _gen(measure_seed))
+    theta = objective.model.init(_gen(init_seed), objective.x_train.dtype).to(device)
+    setup_seconds = time.perf_counter() - started
+
+    steps, every = spec.optimizer.steps, spec.instrument.every
+    recorder = TraceRecorder(steps // every + 3, spec.instrument.chunk_rows, sink)
+    status, lr = "completed", objective.lr
+    report_every = max(1, steps // 200)
+    loop_started = time.perf_counter()
+    try:
+        for t in range(steps + 1):
+            idx = sampler.next() if t < steps else None
+            row = -1
+            if t % every == 0 or t == steps:
+                row = recorder.new_row(t)
+                values = instruments.measure(t, theta)
+                recorder.set(row, **values)
+                if not math.isfinite(values["loss"]):
+                    status = "diverged"  # the guarded loss overflowed: logits beyond the dtype
+                    break
+            if idx is None:
+                break
+            g, batch_loss = objective.batch_grad_and_loss(theta, idx.to(device))
+            if row >= 0:
+                recorder.set(row, batch_loss=float(batch_loss), batch_grad_norm=float(torch.linalg.vector_norm(g)))
+            theta_next = theta - lr * g
+            if not bool(torch.isfinite(theta_next).all()):
+                status = "diverged"
+                recorder.set(recorder.new_row(t + 1), param_norm=math.inf, loss=math.inf)
+                break
+            theta = theta_next
+            recorder.flush()
+            if progress is not None and (t + 1) % report_every == 0:
+                progress(t + 1, steps)
+        if progress is not None and status == "completed":
+            progress(steps, steps)
+    except StopTraining:
+        status = "stopped"
+    recorder.flush(force=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    loop_seconds = time.perf_counter() - loop_started
+    trace = recorder.result()
+    summary = analyze(trace, spec)
+    summary.update(
+        status=status,
+        device=str(device),
+        lr_effective=lr,
+        lr_scaling="width" if spec.uses_width_scaling else "none",
+        n_params=objective.model.n_params,
+        timing={
+            "setup_seconds": setup_seconds,
+            "loop_seconds": loop_seconds,
+            "measure_seconds": instruments.seconds,
+            "seconds_per_step": loop_seconds / max(1, steps),
+        },
+    )
+    return RunResult(spec, trace, summary, data.info, theta.detach().cpu().numpy())
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
