@@ -112,18 +112,27 @@ def _log_spaced(rows: np.ndarray, count: int) -> np.ndarray:
 
 
 def rate_fit(step: np.ndarray, loss: np.ndarray, lr: float, start: int) -> dict[str, Any]:
-    """Least squares of log L on log t over log-spaced steps t >= start: L ~ C' t^slope."""
+    """Least squares of log L on log t over log-spaced steps: L ~ C' t^slope.
+
+    The window is the later half, in log time, of the steps after `start` (the entrance
+    into S): [sqrt(start * T), T]. The steps right after entrance are still transient;
+    the paper's rate L ~ C / (eta t) describes the regime that follows.
+    """
+    empty = {"rate_slope": None, "rate_intercept": None, "rate_C": None, "rate_fit_from": None}
     ok = _finite(loss) & (loss > 0) & (step >= max(start, 1))
     if ok.sum() < 3:
-        return {"rate_slope": None, "rate_intercept": None, "rate_C": None, "rate_fit_from": start}
+        return empty
     t, l_ = step[ok].astype(float), loss[ok]
+    first = math.sqrt(t[0] * t[-1])
+    window = t >= first
+    t, l_ = t[window], l_[window]
     pick = _log_spaced(t, FIT_POINTS)
     if len(pick) < 3:
-        return {"rate_slope": None, "rate_intercept": None, "rate_C": None, "rate_fit_from": start}
+        return empty
     slope, intercept = np.polyfit(np.log(t[pick]), np.log(l_[pick]), 1)
     # Under the paper's L ~ C / (eta t), C is the geometric mean of eta t L.
     c = float(np.exp(np.mean(np.log(lr * t[pick] * l_[pick]))))
-    return {"rate_slope": float(slope), "rate_intercept": float(intercept), "rate_C": c, "rate_fit_from": start}
+    return {"rate_slope": float(slope), "rate_intercept": float(intercept), "rate_C": c, "rate_fit_from": int(t[0])}
 
 
 def best_iterate(step: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
@@ -202,7 +211,7 @@ def analyze(trace: Trace, spec: RunSpec) -> dict[str, Any]:
         drift = col["drift"]
         early = _finite(drift) & (step <= (reg["entrance_step"] if reg["entrance_step"] is not None else step.max()))
         reg["fraction_positive_drift_early"] = float((drift[early] > 0).mean()) if early.any() else None
-        reg["max_drift"] = float(np.nanmax(drift))
+        reg["max_drift"] = float(drift[_finite(drift)].max()) if _finite(drift).any() else None
     summary.update(reg)
     summary["exit_probability_by_loss"] = exit_probability_by_loss(loss, stable_p, conf)
     summary["sharpness_edge"] = above_edge(step, col["sharpness"], lr)

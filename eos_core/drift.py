@@ -33,22 +33,34 @@ class DriftEstimate:
 
 
 def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
-    """Mean and standard error of Y with control C of known mean; also both variances.
+    """Mean of Y with control C of known mean, its jackknife standard error, and both variances.
 
     The coefficient is the regression slope cov(Y, C) / var(C), estimated from the sample.
+    The residual Y - beta C is skewed (it is the curvature term, mostly positive), so the
+    plain residual standard error is too small at small K; the leave-one-out (jackknife)
+    error re-estimates beta each time and is better calibrated.
     """
     k = y.numel()
-    y64, c64 = y.double(), c.double()
-    raw_var = float(y64.var(unbiased=True)) if k > 1 else 0.0
-    c_var = float(c64.var(unbiased=True)) if k > 1 else 0.0
-    if k > 2 and c_var > 0:
-        beta = float(((y64 - y64.mean()) * (c64 - c64.mean())).sum() / ((c64 - c64.mean()) ** 2).sum())
-    else:
-        beta = 0.0
-    z = y64 - beta * (c64 - c_mean)
-    cv_var = float(z.var(unbiased=True)) if k > 1 else 0.0
-    se = math.sqrt(cv_var / k) if k > 1 else float("inf")
-    return float(z.mean()), se, raw_var, cv_var
+    y64, c64 = y.double().cpu(), c.double().cpu()
+    if k < 3:
+        return float(y64.mean()), float("inf"), float("nan"), float("nan")
+    y_bar, c_bar = y64.mean(), c64.mean()
+    yc, cc = y64 - y_bar, c64 - c_bar  # centred: the regression is shift invariant
+    shift = c_mean - float(c_bar)
+    s_cc = float((cc * cc).sum())
+    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    estimate = float(y_bar) - beta * (-shift)  # mean(Y) - beta (mean(C) - E[C])
+    raw_var = float(yc.var(unbiased=True))
+    cv_var = float((yc - beta * cc).var(unbiased=True))
+    # Leave-one-out estimates from the sums, all at once.
+    n1 = k - 1
+    my, mc = -yc / n1, -cc / n1  # means without point i (of the centred values)
+    sxy = (yc * cc).sum() - yc * cc - n1 * my * mc
+    sxx = (cc * cc).sum() - cc * cc - n1 * mc * mc
+    beta_i = torch.where(sxx > 0, sxy / sxx.clamp_min(1e-300), torch.zeros_like(sxx))
+    loo = my - beta_i * (mc - shift)
+    se = math.sqrt(n1 / k * float(((loo - loo.mean()) ** 2).sum()))
+    return estimate, se, raw_var, cv_var
 
 
 class DriftEstimator:
@@ -85,6 +97,8 @@ class DriftEstimator:
         c_mean = -lr * float(torch.dot(grad_l, grad_l).double())
         if self._all_batches is not None:
             y, c, g = self._evaluate(theta, self._all_batches, loss, grad_l)
+            if not bool(torch.isfinite(y).all()):
+                return _overflowed(y, g)
             d = float(y.double().mean())
             var = float(y.double().var()) if y.numel() > 1 else 0.0
             return DriftEstimate(d, 0.0, y.numel(), 1.0 if d <= 0 else 0.0, True, g, var, 0.0)
@@ -93,6 +107,8 @@ class DriftEstimator:
         while True:
             batches = self.sampler.draw(chunk, self.generator)
             y, c, g = self._evaluate(theta, batches, loss, grad_l)
+            if not bool(torch.isfinite(y).all()):
+                return _overflowed(y, g)  # a step so large the loss after it overflows
             ys.append(y)
             cs.append(c)
             gs.append(g)
@@ -103,6 +119,12 @@ class DriftEstimator:
             chunk = min(drawn, self.max_samples - drawn)  # double the sample
         stable_p = _probability_nonpositive(d, se)
         return DriftEstimate(d, se, drawn, stable_p, False, torch.cat(gs), raw_var, cv_var)
+
+
+def _overflowed(y: torch.Tensor, grads: torch.Tensor) -> DriftEstimate:
+    # The loss after some step overflowed (inf, or NaN where the logits themselves broke).
+    drift = math.inf
+    return DriftEstimate(drift, 0.0, y.numel(), 0.0, False, grads, math.nan, math.nan)
 
 
 def _probability_nonpositive(mean: float, se: float) -> float:

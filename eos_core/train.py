@@ -106,13 +106,14 @@ class _Instruments:
         ins, obj, lr = self.spec.instrument, self.objective, self.objective.lr
         state = obj.eval_state(theta)
         loss = float(state["loss"])
-        grad_sq = float(torch.dot(state["grad"], state["grad"]).double())
+        grad64 = state["grad"].double()  # float64: squares of float32 values can overflow
+        grad_sq = float(torch.dot(grad64, grad64))
         row = {
             "loss": loss,
             "acc": float(state["acc"]),
             "grad_norm": math.sqrt(grad_sq),
             "margin": float(state["margin"]),
-            "param_norm": float(torch.linalg.vector_norm(theta)),
+            "param_norm": float(torch.linalg.vector_norm(theta, dtype=torch.float64)),
             "eta_loss": lr * loss,
         }
         estimate: DriftEstimate | None = None
@@ -198,7 +199,11 @@ def train(
                 break
             g, batch_loss = objective.batch_grad_and_loss(theta, idx.to(device))
             if row >= 0:
-                recorder.set(row, batch_loss=float(batch_loss), batch_grad_norm=float(torch.linalg.vector_norm(g)))
+                recorder.set(
+                    row,
+                    batch_loss=float(batch_loss),
+                    batch_grad_norm=float(torch.linalg.vector_norm(g, dtype=torch.float64)),
+                )
             theta_next = theta - lr * g
             if not bool(torch.isfinite(theta_next).all()):
                 status = "diverged"
@@ -210,9 +215,9 @@ def train(
                 progress(t + 1, steps)
         if progress is not None and status == "completed":
             progress(steps, steps)
+        recorder.flush(force=True)
     except StopTraining:
         status = "stopped"
-    recorder.flush(force=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     loop_seconds = time.perf_counter() - loop_started

@@ -66,6 +66,9 @@ def _mnist1d(spec: DatasetSpec, seed: int) -> Arrays:
 def _raw_arrays(spec: DatasetSpec, seed: int, rng: np.random.Generator) -> Arrays:
     if spec.kind == "gaussian_mixture":
         x, y = gaussian_mixture(spec, rng)
+        if spec.class_subset is not None:  # before the split, so sizes match spec.known_train_size
+            keep = np.isin(y, spec.class_subset)
+            x, y = x[keep], y[keep]
         return _split(x, y, spec.test_fraction, rng)
     if spec.kind == "digits":
         return _digits(spec, rng)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,15 @@ def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped or not): magic 0x0000TTDD, DD dimensions of big-endian uint32."""
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt gzip stream
+            raise ValueError(f"{path} is a damaged gzip file: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated inside its header")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims))

@@ -1,0 +1,124 @@
+"""Drift: enumeration against a plain loop, Monte Carlo against enumeration, GD's exact drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from eos_core import RunSpec, train
+from eos_core.data import load_dataset
+from eos_core.drift import DriftEstimator, control_variate_mean
+from eos_core.sampling import BatchSampler
+from eos_core.train import build_objective
+
+DATA = {"kind": "gaussian_mixture", "classes": 3, "per_class": 15, "dim": 5, "separation": 1.0}
+
+
+def _setup(lr: float, batch_size: int, sampler: str = "with_replacement", dtype: str = "float64"):  # type: ignore[no-untyped-def]
+    spec = RunSpec.model_validate({"dtype": dtype, "device": "cpu", "dataset": DATA,
+                                   "optimizer": {"lr": lr, "batch_size": batch_size, "sampler": sampler}})
+    data = load_dataset(spec.dataset, 0)
+    obj = build_objective(spec, data, torch.device("cpu"), 0)
+    sampler_ = BatchSampler(len(data.x_train), batch_size, sampler, torch.Generator().manual_seed(0))
+    theta = 2 * torch.randn(obj.model.n_params, generator=torch.Generator().manual_seed(1), dtype=obj.x_train.dtype)
+    return obj, sampler_, theta
+
+
+def _state(obj, theta):  # type: ignore[no-untyped-def]
+    st = obj.eval_state(theta)
+    return st["loss"], st["grad"]
+
+
+def test_exact_b1_drift_equals_plain_loop() -> None:
+    obj, sampler, theta = _setup(lr=5.0, batch_size=1)
+    est = DriftEstimator(obj, sampler, torch.Generator().manual_seed(2), "exact", 256, 0.95)
+    loss, grad = _state(obj, theta)
+    result = est(theta, loss, grad)
+    # Independent computation: one autograd step per training point, no vmap.
+    after = []
+    for i in range(len(obj.x_train)):
+        th = theta.clone().requires_grad_(True)
+        li = obj.loss_on(th, obj.x_train[i : i + 1], obj.y_train[i : i + 1])
+        (g,) = torch.autograd.grad(li, th)
+        after.append(obj.eval_loss(theta - obj.lr * g).item())
+    expected = float(np.mean(after)) - loss.item()
+    assert result.exact and result.se == 0.0 and result.samples == len(obj.x_train)
+    assert abs(result.drift - expected) < 1e-12 * max(1.0, abs(expected))
+    assert result.stable_p == (1.0 if expected <= 0 else 0.0)
+
+
+def test_monte_carlo_b1_within_four_standard_errors_of_exact() -> None:
+    obj, sampler, theta = _setup(lr=5.0, batch_size=1)
+    loss, grad = _state(obj, theta)
+    exact = DriftEstimator(obj, sampler, torch.Generator().manual_seed(2), "exact", 256, 0.95)(theta, loss, grad)
+    for seed in range(5):
+        # 32 batches, fewer than the 36 distinct ones, so it must sample.
+        mc = DriftEstimator(obj, sampler, torch.Generator().manual_seed(seed), 32, 32, 0.95)
+        assert not mc.exact
+        estimate = mc(theta, loss, grad)
+        assert estimate.se > 0
+        assert abs(estimate.drift - exact.drift) <= 4 * estimate.se, (seed, estimate, exact.drift)
+
+
+def test_full_batch_drift_is_next_loss_minus_this_one() -> None:
+    spec = RunSpec.model_validate({
+        "dtype": "float64", "device": "cpu", "dataset": DATA,
+        "optimizer": {"lr": 1000.0, "batch_size": 36, "sampler": "without_replacement", "steps": 60},
+        "instrument": {"drift_samples": 16, "sharpness_every": 0, "test_every": 0},
+    })
+    trace = train(spec).trace
+    assert np.all(trace["drift_se"] == 0) and np.all(trace["drift_samples_used"] == 1)
+    step_change = np.diff(trace["loss"])
+    np.testing.assert_allclose(trace["drift"][:-1], step_change, rtol=1e-10, atol=1e-14)
+    assert (step_change > 0).any() and (step_change < 0).any()  # a large step: both signs occur
+    np.testing.assert_array_equal(trace["stable"][:-1], (step_change <= 0).astype(float))
+
+
+def test_control_variate_reduces_variance_at_small_steps() -> None:
+    obj, sampler, theta = _setup(lr=0.05, batch_size=4)
+    loss, grad = _state(obj, theta)
+    est = DriftEstimator(obj, sampler, torch.Generator().manual_seed(3), 64, 64, 0.95)
+    result = est(theta, loss, grad)
+    # At a small step the drift is nearly linear in g_b, so the control explains most of it.
+    assert result.cv_variance < 0.01 * result.raw_variance
+
+
+def test_control_variate_mean_is_unbiased_on_a_known_model() -> None:
+    # Y = 2 + 3 C + noise with E[C] = 0 known: the estimate is near 2 with a small error.
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(4000, generator=gen, dtype=torch.float64)
+    y = 2 + 3 * c + 0.1 * torch.randn(4000, generator=gen, dtype=torch.float64)
+    mean, se, raw, cv = control_variate_mean(y, c, 0.0)
+    assert abs(mean - 2) < 4 * se and se < 0.01
+    assert cv < raw / 100
+
+
+def test_jackknife_error_matches_explicit_leave_one_out() -> None:
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randn(20, generator=gen, dtype=torch.float64)
+    c = torch.randn(20, generator=gen, dtype=torch.float64) + 0.3 * y
+
+    def estimate(yy: torch.Tensor, cc: torch.Tensor) -> float:
+        centred = cc - cc.mean()
+        beta = float(((yy - yy.mean()) * centred).sum() / (centred**2).sum())
+        return float((yy - beta * (cc - 0.1)).mean())
+
+    mean, se, _, _ = control_variate_mean(y, c, 0.1)
+    loo = np.array([estimate(torch.cat([y[:i], y[i + 1 :]]), torch.cat([c[:i], c[i + 1 :]])) for i in range(20)])
+    assert abs(mean - estimate(y, c)) < 1e-12
+    assert abs(se - np.sqrt(19 / 20 * ((loo - loo.mean()) ** 2).sum())) < 1e-12
+
+
+def test_sequential_sampling_draws_more_when_the_sign_is_unclear() -> None:
+    obj, sampler, theta = _setup(lr=30.0, batch_size=4)
+    loss, grad = _state(obj, theta)
+    result = DriftEstimator(obj, sampler, torch.Generator().manual_seed(0), 4, 256, 0.95)(theta, loss, grad)
+    # B=4 of 36 points: far too many batches to enumerate, so this samples.
+    decided = abs(result.drift) > 1.96 * result.se
+    assert decided or result.samples == 256
+    assert result.samples in (4, 8, 16, 32, 64, 128, 256)
+    assert 0.0 <= result.stable_p <= 1.0
+    # stable_p is the normal probability that D <= 0 given the estimate and its error.
+    from scipy.stats import norm
+
+    assert abs(result.stable_p - norm.cdf(-result.drift / result.se)) < 1e-12

@@ -1,0 +1,80 @@
+"""The guarded cross-entropy against closed forms, at tiny and at huge losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eos_core.loss import margins, mean_loss, per_sample_loss
+
+
+def _logits(margin: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes, the true one ahead of the other two by `margin`: l = log(1 + 2 e^-margin)."""
+    return torch.tensor([[margin, 0.0, 0.0]], dtype=dtype), torch.tensor([0])
+
+
+@pytest.mark.parametrize("target", [1e-10, 1e-15, 1e-20, 1e-25, 1e-30])
+def test_tiny_loss_float32_matches_closed_form(target: float) -> None:
+    margin = math.log(2 / target)  # so that the loss is about `target`
+    exact = math.log1p(2 * math.exp(-margin))
+    logits, labels = _logits(margin, torch.float32)
+    logits.requires_grad_(True)
+    loss = per_sample_loss(logits, labels)[0]
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() > 0
+    assert abs(loss.item() - exact) / exact < 1e-5
+    # d l / d z_j = e^{-margin} / (1 + 2 e^{-margin}) for j != y, and -2x that for y.
+    other = math.exp(-margin) / (1 + 2 * math.exp(-margin))
+    assert abs(grad[0, 1].item() - other) / other < 1e-5
+    assert abs(grad[0, 0].item() + 2 * other) / (2 * other) < 1e-5
+
+
+def test_float32_agrees_with_float64_on_random_tiny_losses() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(5, (200,), generator=gen)
+    z[torch.arange(200), y] += torch.linspace(23, 69, 200, dtype=torch.float64)  # losses 1e-10 .. 1e-30
+    z32 = z.float()
+    ref = per_sample_loss(z32.double(), y)  # the same (rounded) logits, in float64
+    got = per_sample_loss(z32, y).double()
+    assert ref.max() < 1e-8 and ref.min() > 1e-32
+    assert ((got - ref).abs() / ref).max() < 1e-5
+
+
+def test_naive_logsumexp_would_round_to_zero() -> None:
+    # Why the guarded form exists: the textbook formula loses these losses entirely.
+    logits, labels = _logits(40.0, torch.float32)
+    naive = torch.logsumexp(logits, -1) - logits[0, 0]
+    assert naive.item() == 0.0
+    assert per_sample_loss(logits, labels).item() > 0
+
+
+def test_never_exactly_zero_while_margin_is_representable() -> None:
+    for margin in [10.0, 30.0, 60.0, 80.0, 86.0]:
+        logits, labels = _logits(margin, torch.float32)
+        assert per_sample_loss(logits, labels).item() > 0, margin
+
+
+def test_huge_misclassification_stays_finite() -> None:
+    logits = torch.tensor([[0.0, 1e30, -1e30]], dtype=torch.float32, requires_grad=True)
+    loss = per_sample_loss(logits, torch.tensor([0]))
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert math.isfinite(loss.item())
+    assert abs(loss.item() - 1e30) / 1e30 < 1e-6  # l = M + log(1 + ...) ~ M
+    assert torch.isfinite(grad).all()
+    assert torch.allclose(grad, torch.tensor([[-1.0, 1.0, 0.0]]))
+
+
+def test_matches_cross_entropy_at_ordinary_values() -> None:
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(64, 7, generator=gen, dtype=torch.float64) * 3
+    y = torch.randint(7, (64,), generator=gen)
+    expected = torch.nn.functional.cross_entropy(z, y)
+    assert torch.allclose(mean_loss(z, y), expected, rtol=1e-13, atol=0)
+
+
+def test_margins() -> None:
+    z = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    assert margins(z, torch.tensor([0, 2])).tolist() == [1.0, -4.0]

@@ -1,0 +1,129 @@
+"""The training loop: observer effect, determinism, huge steps, divergence, sinks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eos_core import COLUMNS, RunSpec, StopTraining, train
+
+BASE = {
+    "dataset": {"classes": 4, "per_class": 25, "dim": 8, "separation": 1.5},
+    "optimizer": {"lr": 100.0, "batch_size": 8, "steps": 150},
+    "instrument": {"drift_samples": 8, "drift_max_samples": 32, "sharpness_every": 5, "test_every": 10},
+}
+
+
+def _spec(**changes: object) -> RunSpec:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = data
+        for p in parents:
+            target = target.setdefault(p, {})  # type: ignore[assignment]
+        target[leaf] = value
+    return RunSpec.model_validate(data)
+
+
+def test_trace_has_every_column_of_equal_length() -> None:
+    result = train(_spec(device="cpu"))
+    assert set(result.trace) == set(COLUMNS)
+    lengths = {len(v) for v in result.trace.values()}
+    assert lengths == {151}
+    assert result.trace["step"].tolist() == list(range(151))
+    assert np.isnan(result.trace["sharpness"][1]) and np.isfinite(result.trace["sharpness"][5])
+    assert np.isfinite(result.trace["test_loss"][10]) and np.isnan(result.trace["test_loss"][11])
+    assert result.status == "completed"
+
+
+@pytest.mark.parametrize("sampler", ["with_replacement", "without_replacement", "reshuffle"])
+def test_measuring_never_changes_the_trajectory(sampler: str) -> None:
+    on = train(_spec(device="cpu", optimizer__sampler=sampler))
+    off = train(_spec(device="cpu", optimizer__sampler=sampler, instrument__drift_samples=0,
+                      instrument__sharpness_every=0, instrument__test_every=0))
+    assert np.isfinite(on.trace["drift"]).all() and np.isnan(off.trace["drift"]).all()
+    np.testing.assert_array_equal(on.trace["loss"], off.trace["loss"])
+    np.testing.assert_array_equal(on.trace["batch_loss"], off.trace["batch_loss"])
+    np.testing.assert_array_equal(on.params, off.params)
+
+
+def test_same_seed_same_trace_and_other_seed_differs() -> None:
+    a, b = train(_spec(device="cpu")), train(_spec(device="cpu"))
+    for name in ("loss", "drift", "sharpness", "stable_p"):
+        np.testing.assert_array_equal(a.trace[name], b.trace[name])
+    c = train(_spec(device="cpu", seed=1))
+    assert not np.array_equal(a.trace["loss"], c.trace["loss"])
+
+
+def test_huge_step_runs_to_completion_with_finite_loss() -> None:
+    result = train(_spec(device="cpu", optimizer__lr=1e5, optimizer__steps=300, instrument__every=10))
+    assert result.status == "completed"
+    assert np.isfinite(result.trace["loss"]).all()
+    assert result.trace["loss"][1] > result.trace["loss"][0]  # the first huge step overshoots
+    assert result.trace["loss"][-1] > 0
+    assert result.summary["diverged_step"] is None
+
+
+def test_tiny_step_loss_decreases_monotonically_like_gradient_flow() -> None:
+    result = train(_spec(device="cpu", dtype="float64", optimizer__lr=1e-3, optimizer__batch_size=80,
+                         optimizer__sampler="without_replacement"))
+    loss = result.trace["loss"]
+    assert (np.diff(loss) < 0).all()
+    assert np.all(result.trace["stable"] == 1) and np.all(result.trace["drift"] < 0)
+    # rel_drift -> -1 as eta -> 0.
+    assert np.allclose(result.trace["rel_drift"], -1, atol=1e-2)
+
+
+def test_divergence_keeps_what_was_measured() -> None:
+    spec = _spec(device="cpu", model__kind="mlp", model__width=8, model__depth=3, model__activation="relu",
+                 optimizer__lr=1e37, optimizer__steps=50)
+    result = train(spec)
+    assert result.status == "diverged"
+    trace = result.trace
+    last = trace["step"][-1]
+    assert not math.isfinite(trace["param_norm"][-1]) or not math.isfinite(trace["loss"][-1])
+    assert np.isfinite(trace["loss"][0]) and trace["drift"][0] > 0
+    assert result.summary["diverged_step"] == last
+    assert len(trace["step"]) < 51
+
+
+def test_sink_receives_the_whole_trace_in_chunks_and_progress_reaches_the_end() -> None:
+    chunks: list[dict[str, np.ndarray]] = []
+    seen: list[tuple[int, int]] = []
+    spec = _spec(device="cpu", instrument__chunk_rows=32)
+    result = train(spec, sink=chunks.append, progress=lambda s, n: seen.append((s, n)))
+    assert len(chunks) >= 4
+    for name in COLUMNS:
+        np.testing.assert_array_equal(np.concatenate([c[name] for c in chunks]), result.trace[name])
+    assert seen[-1] == (150, 150)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+
+
+def test_sink_can_stop_the_run() -> None:
+    def stop_after_two(chunk: dict[str, np.ndarray]) -> None:
+        if chunk["step"][0] >= 32:
+            raise StopTraining
+
+    result = train(_spec(device="cpu", instrument__chunk_rows=32), sink=stop_after_two)
+    assert result.status == "stopped"
+    assert 32 < len(result.trace["step"]) < 151
+
+
+def test_two_layer_uses_width_rescaled_step() -> None:
+    spec = _spec(device="cpu", model__kind="two_layer", model__width=10, optimizer__lr=2.0, optimizer__steps=5)
+    result = train(spec)
+    assert result.summary["lr_effective"] == 20.0 and result.summary["lr_scaling"] == "width"
+    np.testing.assert_allclose(result.trace["eta_loss"], 20.0 * result.trace["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_in_float64() -> None:
+    cpu = train(_spec(device="cpu", dtype="float64"))
+    gpu = train(_spec(device="cuda", dtype="float64"))
+    np.testing.assert_allclose(gpu.trace["loss"], cpu.trace["loss"], rtol=1e-7)
+    np.testing.assert_allclose(gpu.trace["sharpness"], cpu.trace["sharpness"], rtol=1e-5)
+    single = train(_spec(device="cuda", dtype="float32"))
+    assert single.status == "completed" and np.isfinite(single.trace["loss"]).all()
