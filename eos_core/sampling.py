@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 
@@ -57,6 +58,7 @@ class BatchSampler:
         n, b = self.n, self.batch_size
         if b == 1:
             return torch.arange(n).unsqueeze(1)
+        combos: Iterable[tuple[int, ...]]
         if self.kind == "with_replacement":
             combos = itertools.product(range(n), repeat=b)
         else:
