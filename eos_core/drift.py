@@ -132,4 +132,4 @@ def _probability_nonpositive(mean: float, se: float) -> float:
         return 0.0 if mean > 0 or math.isnan(mean) else 1.0
     if se <= 0 or not math.isfinite(se):
         return 1.0 if mean <= 0 else 0.0
-    return float(norm.cdf(-mean / se))
+    return 0.5 * math.erfc(mean / (se * math.sqrt(2.0)))  # Phi(-mean / se)

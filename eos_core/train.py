@@ -205,7 +205,7 @@ def train(
                     batch_grad_norm=float(torch.linalg.vector_norm(g, dtype=torch.float64)),
                 )
             theta_next = theta - lr * g
-            if not bool(torch.isfinite(theta_next).all()):
+            if not _finite(theta_next):
                 status = "diverged"
                 recorder.set(recorder.new_row(t + 1), param_norm=math.inf, loss=math.inf)
                 break
@@ -237,6 +237,11 @@ def train(
         },
     )
     return RunResult(spec, trace, summary, data.info, theta.detach().cpu().numpy())
+
+
+def _finite(theta: torch.Tensor) -> bool:
+    """All entries finite? The sum is one cheap reduction; only if it overflows look closer."""
+    return bool(torch.isfinite(theta.sum())) or bool(torch.isfinite(theta).all())
 
 
 def _gen(seed: int) -> torch.Generator:
