@@ -26,7 +26,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 demo: $(STAMP)
-	$(PY) -m eos_core.demo
+	rm -f out/demo.sqlite
+	$(VENV)/bin/eos run examples/demo_fig4_small.yaml --sweep optimizer.lr=3,30,100 --db out/demo.sqlite
 
 bench: $(STAMP)
 	$(PY) bench/instrumentation.py

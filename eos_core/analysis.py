@@ -84,8 +84,15 @@ def exit_probability_by_loss(loss: np.ndarray, stable_p: np.ndarray, confidence:
         here = in_now & (decade == d)
         count = int(here.sum())
         exits = int((exit_next & here).sum())
-        out.append({"loss_low": 10.0**d, "loss_high": 10.0 ** (d + 1), "steps_in_S": count, "exits": exits,
-                    "p_exit": exits / count})
+        out.append(
+            {
+                "loss_low": 10.0**d,
+                "loss_high": 10.0 ** (d + 1),
+                "steps_in_S": count,
+                "exits": exits,
+                "p_exit": exits / count,
+            }
+        )
     return out
 
 

@@ -83,7 +83,9 @@ class DriftEstimator:
         self.max_samples = max(max_samples, self.samples)
         self._all_batches = sampler.enumerate_all() if self.exact else None
 
-    def _evaluate(self, theta: torch.Tensor, batches: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _evaluate(
+        self, theta: torch.Tensor, batches: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = theta.device
         g = self.objective.batch_grads(batches.to(device))(theta)  # (K, P)
         lr = self.objective.lr

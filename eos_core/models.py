@@ -68,12 +68,12 @@ class FlatModel:
                 d = shape[-1]
                 w = torch.randn(shape, generator=generator, dtype=torch.float64) * (self.init_scale / math.sqrt(d))
                 parts.append(w.to(dtype))
-            else:  # mlp: PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-                layer = name[1:]
-                fan_in = dict(self.shapes)[f"W{layer}"][1]
-                bound = 1.0 / math.sqrt(fan_in)
-                u = torch.rand(shape, generator=generator, dtype=torch.float64)
-                parts.append(((2 * u - 1) * bound).to(dtype))
+            elif name.startswith("b"):  # mlp biases start at zero
+                parts.append(torch.zeros(shape, dtype=dtype))
+            else:  # mlp weights: He normal, N(0, 2 / fan_in), so a deep GELU stack still trains
+                fan_in = shape[1]
+                w = torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
+                parts.append(w.to(dtype))
         return torch.cat([t.reshape(-1) for t in parts])
 
 

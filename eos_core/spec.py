@@ -62,9 +62,7 @@ class ModelSpec(_Strict):
     activation: str = Field("leaky_softplus", description="activation of two_layer and mlp")
     leak: float = Field(0.5, description="c in phi(z) = c z + (1 - c) psi(z), in (0, 1]")
     huber_width: float = Field(1.0, gt=0, description="h of the huberized ReLU")
-    init_scale: float = Field(
-        1.0, ge=0, description="two_layer: w ~ N(0, init_scale^2 / d) (linear starts at zero)"
-    )
+    init_scale: float = Field(1.0, ge=0, description="two_layer: w ~ N(0, init_scale^2 / d) (linear starts at zero)")
 
     @field_validator("activation")
     @classmethod
@@ -125,10 +123,10 @@ class RunSpec(_Strict):
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dataset: DatasetSpec = Field(default_factory=DatasetSpec)  # type: ignore[arg-type]
-    model: ModelSpec = Field(default_factory=ModelSpec)  # type: ignore[arg-type]
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)  # type: ignore[arg-type]
-    instrument: InstrumentSpec = Field(default_factory=InstrumentSpec)  # type: ignore[arg-type]
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    instrument: InstrumentSpec = Field(default_factory=InstrumentSpec)
 
     @field_validator("device")
     @classmethod
@@ -145,9 +143,7 @@ class RunSpec(_Strict):
         if ds.kind == "gaussian_mixture":
             n = known_train_size(self)
             if n is not None and opt.batch_size > n:
-                raise ValueError(
-                    f"optimizer.batch_size={opt.batch_size} is larger than the training set ({n} points)"
-                )
+                raise ValueError(f"optimizer.batch_size={opt.batch_size} is larger than the training set ({n} points)")
             if ds.class_subset is not None and max(ds.class_subset) >= ds.classes:
                 raise ValueError(f"dataset.class_subset names a class >= dataset.classes={ds.classes}")
         if ins.drift_samples == "exact":
@@ -209,7 +205,7 @@ def known_train_size(spec: RunSpec) -> int | None:
         return None
     classes = len(ds.class_subset) if ds.class_subset else ds.classes
     total = classes * ds.per_class
-    n = total - int(round(total * ds.test_fraction))
+    n = total - round(total * ds.test_fraction)
     if ds.n_train is not None:
         n = min(n, ds.n_train)
     return n

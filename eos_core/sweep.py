@@ -36,7 +36,9 @@ def sweep_size(sweep: Sweep | None) -> int:
     return size
 
 
-def expand_sweep(base: RunSpec | dict[str, Any], sweep: Sweep | None = None, limit: int | None = None) -> list[tuple[dict[str, Any], RunSpec]]:
+def expand_sweep(
+    base: RunSpec | dict[str, Any], sweep: Sweep | None = None, limit: int | None = None
+) -> list[tuple[dict[str, Any], RunSpec]]:
     """[(swept parameters, spec)] for every cell of the grid, in row-major order.
 
     Each cell is validated as a whole RunSpec, so a bad value names its field.

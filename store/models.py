@@ -18,7 +18,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -78,8 +77,9 @@ class Experiment(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(Json)  # as submitted
     sweep: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    runs: Mapped[list[Run]] = relationship(back_populates="experiment", lazy="raise", cascade="all, delete-orphan",
-                                           order_by="Run.id")
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="experiment", lazy="raise", cascade="all, delete-orphan", order_by="Run.id"
+    )
     owner: Mapped[User] = relationship(lazy="raise")
 
 

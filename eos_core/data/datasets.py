@@ -37,7 +37,7 @@ def gaussian_mixture(spec: DatasetSpec, rng: np.random.Generator) -> tuple[np.nd
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Generator) -> Arrays:
     order = rng.permutation(len(x))
-    n_test = int(round(len(x) * fraction))
+    n_test = round(len(x) * fraction)
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
 
@@ -79,7 +79,12 @@ def _raw_arrays(spec: DatasetSpec, seed: int, rng: np.random.Generator) -> Array
     else:
         xtr, ytr, xte, yte = load_cifar10()
     flat = (xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1))
-    return flat[0].astype(np.float64) / 255.0, ytr.astype(np.int64), flat[1].astype(np.float64) / 255.0, yte.astype(np.int64)
+    return (
+        flat[0].astype(np.float64) / 255.0,
+        ytr.astype(np.int64),
+        flat[1].astype(np.float64) / 255.0,
+        yte.astype(np.int64),
+    )
 
 
 def _keep_classes(x: np.ndarray, y: np.ndarray, subset: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +133,9 @@ def load_dataset(spec: DatasetSpec, seed: int, check_separability: bool | None =
         "class_counts": np.bincount(ytr, minlength=classes).tolist(),
     }
     if check_separability is None:
-        check_separability = spec.kind == "gaussian_mixture" or len(xtr) * classes * xtr.shape[1] <= 200_000
+        # The LP is quick for small low-dimensional samples; at image dimensions it takes minutes.
+        small = len(xtr) * classes * xtr.shape[1] <= 200_000 and xtr.shape[1] <= 128
+        check_separability = spec.kind == "gaussian_mixture" or small
     if check_separability:
         info.update(check_separable(xtr, ytr, classes).as_dict())
     else:

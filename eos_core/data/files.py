@@ -92,7 +92,7 @@ def load_idx_dataset(kind: str, base: Path | None = None) -> tuple[np.ndarray, n
             if all(found.values()):
                 arrays = {key: read_idx(path) for key, path in found.items() if path is not None}
                 return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
-    raise DatasetFilesMissing(_missing_message(kind, base, expected + [f"(or below {', '.join(folders[1:])})"]))
+    raise DatasetFilesMissing(_missing_message(kind, base, [*expected, f"(or below {', '.join(folders[1:])})"]))
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

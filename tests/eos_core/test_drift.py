@@ -15,8 +15,14 @@ DATA = {"kind": "gaussian_mixture", "classes": 3, "per_class": 15, "dim": 5, "se
 
 
 def _setup(lr: float, batch_size: int, sampler: str = "with_replacement", dtype: str = "float64"):  # type: ignore[no-untyped-def]
-    spec = RunSpec.model_validate({"dtype": dtype, "device": "cpu", "dataset": DATA,
-                                   "optimizer": {"lr": lr, "batch_size": batch_size, "sampler": sampler}})
+    spec = RunSpec.model_validate(
+        {
+            "dtype": dtype,
+            "device": "cpu",
+            "dataset": DATA,
+            "optimizer": {"lr": lr, "batch_size": batch_size, "sampler": sampler},
+        }
+    )
     data = load_dataset(spec.dataset, 0)
     obj = build_objective(spec, data, torch.device("cpu"), 0)
     sampler_ = BatchSampler(len(data.x_train), batch_size, sampler, torch.Generator().manual_seed(0))
@@ -61,11 +67,15 @@ def test_monte_carlo_b1_within_four_standard_errors_of_exact() -> None:
 
 
 def test_full_batch_drift_is_next_loss_minus_this_one() -> None:
-    spec = RunSpec.model_validate({
-        "dtype": "float64", "device": "cpu", "dataset": DATA,
-        "optimizer": {"lr": 1000.0, "batch_size": 36, "sampler": "without_replacement", "steps": 60},
-        "instrument": {"drift_samples": 16, "sharpness_every": 0, "test_every": 0},
-    })
+    spec = RunSpec.model_validate(
+        {
+            "dtype": "float64",
+            "device": "cpu",
+            "dataset": DATA,
+            "optimizer": {"lr": 1000.0, "batch_size": 36, "sampler": "without_replacement", "steps": 60},
+            "instrument": {"drift_samples": 16, "sharpness_every": 0, "test_every": 0},
+        }
+    )
     trace = train(spec).trace
     assert np.all(trace["drift_se"] == 0) and np.all(trace["drift_samples_used"] == 1)
     step_change = np.diff(trace["loss"])

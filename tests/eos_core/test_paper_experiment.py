@@ -8,16 +8,23 @@ from eos_core import RunSpec, train
 
 
 def test_large_step_spikes_then_enters_s_and_decays_like_one_over_t() -> None:
-    spec = RunSpec.model_validate({
-        "name": "fig4-small",
-        "seed": 2,
-        "device": "cpu",
-        "dataset": {"kind": "gaussian_mixture", "classes": 4, "per_class": 30, "dim": 10, "separation": 1.0},
-        "model": {"kind": "linear"},
-        "optimizer": {"lr": 100.0, "batch_size": 8, "steps": 2000},
-        "instrument": {"drift_samples": 16, "drift_max_samples": 16, "drift_every": 10, "sharpness_every": 0,
-                       "test_every": 0},
-    })
+    spec = RunSpec.model_validate(
+        {
+            "name": "fig4-small",
+            "seed": 2,
+            "device": "cpu",
+            "dataset": {"kind": "gaussian_mixture", "classes": 4, "per_class": 30, "dim": 10, "separation": 1.0},
+            "model": {"kind": "linear"},
+            "optimizer": {"lr": 100.0, "batch_size": 8, "steps": 2000},
+            "instrument": {
+                "drift_samples": 16,
+                "drift_max_samples": 16,
+                "drift_every": 10,
+                "sharpness_every": 0,
+                "test_every": 0,
+            },
+        }
+    )
     result = train(spec)
     trace, summary = result.trace, result.summary
     assert result.dataset_info["separable"] is True

@@ -22,8 +22,16 @@ MODELS = {
 
 
 def _objective(model: dict[str, object], seed: int = 0):  # type: ignore[no-untyped-def]
-    spec = RunSpec.model_validate({"seed": seed, "dtype": "float64", "device": "cpu", "dataset": SMALL_DATA,
-                                   "model": model, "optimizer": {"batch_size": 4}})
+    spec = RunSpec.model_validate(
+        {
+            "seed": seed,
+            "dtype": "float64",
+            "device": "cpu",
+            "dataset": SMALL_DATA,
+            "model": model,
+            "optimizer": {"batch_size": 4},
+        }
+    )
     data = load_dataset(spec.dataset, seed)
     obj = build_objective(spec, data, torch.device("cpu"), 0)
     theta = torch.randn(obj.model.n_params, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
@@ -76,12 +84,15 @@ def test_warm_start_spends_fewer_products() -> None:
 
 
 def test_linear_sharpness_bounded_by_twice_loss_times_r_squared() -> None:
-    spec = RunSpec.model_validate({
-        "dtype": "float64", "device": "cpu",
-        "dataset": {"classes": 4, "per_class": 20, "dim": 6, "separation": 1.5},
-        "optimizer": {"lr": 50.0, "batch_size": 4, "steps": 200},
-        "instrument": {"sharpness_every": 1, "drift_samples": 0, "test_every": 0},
-    })
+    spec = RunSpec.model_validate(
+        {
+            "dtype": "float64",
+            "device": "cpu",
+            "dataset": {"classes": 4, "per_class": 20, "dim": 6, "separation": 1.5},
+            "optimizer": {"lr": 50.0, "batch_size": 4, "steps": 200},
+            "instrument": {"sharpness_every": 1, "drift_samples": 0, "test_every": 0},
+        }
+    )
     result = train(spec)
     r = result.dataset_info["R"]
     sharp, loss = result.trace["sharpness"], result.trace["loss"]

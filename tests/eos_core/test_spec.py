@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import yaml
 
-from eos_core.spec import MAX_EXACT_BATCHES, ACTIVATIONS, RunSpec, distinct_batches, known_train_size
+from eos_core.spec import ACTIVATIONS, MAX_EXACT_BATCHES, RunSpec, distinct_batches, known_train_size
 
 EXAMPLE_YAML = """\
 name: fig4-linear

@@ -42,8 +42,15 @@ def test_trace_has_every_column_of_equal_length() -> None:
 @pytest.mark.parametrize("sampler", ["with_replacement", "without_replacement", "reshuffle"])
 def test_measuring_never_changes_the_trajectory(sampler: str) -> None:
     on = train(_spec(device="cpu", optimizer__sampler=sampler))
-    off = train(_spec(device="cpu", optimizer__sampler=sampler, instrument__drift_samples=0,
-                      instrument__sharpness_every=0, instrument__test_every=0))
+    off = train(
+        _spec(
+            device="cpu",
+            optimizer__sampler=sampler,
+            instrument__drift_samples=0,
+            instrument__sharpness_every=0,
+            instrument__test_every=0,
+        )
+    )
     assert np.isfinite(on.trace["drift"]).all() and np.isnan(off.trace["drift"]).all()
     np.testing.assert_array_equal(on.trace["loss"], off.trace["loss"])
     np.testing.assert_array_equal(on.trace["batch_loss"], off.trace["batch_loss"])
@@ -68,8 +75,15 @@ def test_huge_step_runs_to_completion_with_finite_loss() -> None:
 
 
 def test_tiny_step_loss_decreases_monotonically_like_gradient_flow() -> None:
-    result = train(_spec(device="cpu", dtype="float64", optimizer__lr=1e-3, optimizer__batch_size=80,
-                         optimizer__sampler="without_replacement"))
+    result = train(
+        _spec(
+            device="cpu",
+            dtype="float64",
+            optimizer__lr=1e-3,
+            optimizer__batch_size=80,
+            optimizer__sampler="without_replacement",
+        )
+    )
     loss = result.trace["loss"]
     assert (np.diff(loss) < 0).all()
     assert np.all(result.trace["stable"] == 1) and np.all(result.trace["drift"] < 0)
@@ -78,8 +92,15 @@ def test_tiny_step_loss_decreases_monotonically_like_gradient_flow() -> None:
 
 
 def test_divergence_keeps_what_was_measured() -> None:
-    spec = _spec(device="cpu", model__kind="mlp", model__width=8, model__depth=3, model__activation="relu",
-                 optimizer__lr=1e37, optimizer__steps=50)
+    spec = _spec(
+        device="cpu",
+        model__kind="mlp",
+        model__width=8,
+        model__depth=3,
+        model__activation="relu",
+        optimizer__lr=1e37,
+        optimizer__steps=50,
+    )
     result = train(spec)
     assert result.status == "diverged"
     trace = result.trace

@@ -61,7 +61,7 @@ def test_gaussian_mixture_draw_follows_the_formula() -> None:
     assert len({tuple(x1[y1 == c][0]) for c in range(4)}) == 4
     # with noise, the class means are near mu_c: the spread around them is sigma
     noisy = base.model_copy(update={"noise": 0.5, "per_class": 400})
-    x, y = gaussian_mixture(noisy, np.random.default_rng(3))
+    x, _y = gaussian_mixture(noisy, np.random.default_rng(3))
     means, _ = gaussian_mixture(noisy.model_copy(update={"noise": 0.0}), np.random.default_rng(3))
     residual = x - means
     assert residual.std() == pytest.approx(0.5, rel=0.05)
@@ -82,13 +82,17 @@ def test_gaussian_mixture_sizes(
     classes: int, per_class: int, test_fraction: float, n_train: int | None, class_subset: list[int] | None
 ) -> None:
     spec = mixture(
-        classes=classes, per_class=per_class, dim=4, test_fraction=test_fraction, n_train=n_train,
+        classes=classes,
+        per_class=per_class,
+        dim=4,
+        test_fraction=test_fraction,
+        n_train=n_train,
         class_subset=class_subset,
     )
     data = load_dataset(spec, seed=0)
     kept = len(class_subset) if class_subset else classes
     total = kept * per_class
-    n_test = int(round(total * test_fraction))
+    n_test = round(total * test_fraction)
     expected_train = total - n_test if n_train is None else min(n_train, total - n_test)
     assert len(data.x_train) == len(data.y_train) == expected_train == data.info["n_train"]
     assert len(data.x_test) == len(data.y_test) == n_test == data.info["n_test"]

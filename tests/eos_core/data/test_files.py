@@ -71,7 +71,7 @@ def fake_cifar(seed: int, per_batch: int = 4, n_test: int = 6) -> dict[str, list
         return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), [int(v) for v in rng.integers(0, 10, size=n)]
 
     train = [batch(per_batch) for _ in CIFAR_TRAIN]
-    train[0] = (train[0][0], [9] + train[0][1][1:])  # class 9 present, so there are ten classes
+    train[0] = (train[0][0], [9, *train[0][1][1:]])  # class 9 present, so there are ten classes
     return {"train": train, "test": [batch(n_test)]}
 
 
@@ -107,7 +107,7 @@ def test_read_idx_reads_back_images_and_labels(tmp_path: Path, gz: bool) -> None
     np.testing.assert_array_equal(got_labels, arrays["train_labels"])
 
 
-def test_read_idx_magic_numbers_are_the_standard_ones(tmp_path: Path) -> None:
+def test_read_idx_magic_numbers_are_the_standard_ones() -> None:
     images = np.zeros((2, 28, 28), dtype=np.uint8)
     assert idx_bytes(images)[:4] == struct.pack(">I", 0x00000803)
     assert idx_bytes(np.zeros(2, dtype=np.uint8))[:4] == struct.pack(">I", 0x00000801)
@@ -302,7 +302,7 @@ def test_load_dataset_scales_to_unit_max_norm(tmp_path: Path, monkeypatch: pytes
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_load_dataset_class_subset_relabels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    xtr, ytr, xte, yte = _write_kind(kind, tmp_path)
+    xtr, ytr, _xte, yte = _write_kind(kind, tmp_path)
     monkeypatch.setenv(DATA_DIR_VARIABLE, str(tmp_path))
     subset = [9, 2, 5] if kind == "cifar10" else [7, 2, 5]
     spec = DatasetSpec(kind=kind, class_subset=subset)  # type: ignore[arg-type]

@@ -56,8 +56,14 @@ def margin_bounds(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[float, fl
         return float(0.5 * v @ v - alpha.sum()), a @ v - 1.0
 
     start = np.full(len(a), 1e-3)
-    result = minimize(negative_dual, start, jac=True, method="L-BFGS-B", bounds=[(0, None)] * len(a),
-                      options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
+    result = minimize(
+        negative_dual,
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * len(a),
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+    )
     dual = -float(result.fun)
     assert dual > 0
     upper = 1.0 / math.sqrt(2.0 * dual)

@@ -1,0 +1,257 @@
+"""`eos`: run experiments locally, and run the service's processes.
+
+    eos run SPEC [--sweep optimizer.lr=1,10,100]   train now, in this process (embedded store)
+    eos db upgrade                                 bring the database to the head revision
+    eos users create NAME [--admin]                print a new user's API token (once)
+    eos serve | eos worker --queue gpu|cpu | eos reaper
+
+Exit codes: 0 success, 1 a run failed or diverged (with --strict), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from eos_core.sweep import SweepError
+
+from .summary import print_runs
+
+app = typer.Typer(
+    help="eos: SGD at the edge of stability, instrumented.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Users and API tokens.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+console = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="database URL or SQLite file (default: EOS_DATABASE_URL or ~/.eos/eos.sqlite)"),
+]
+
+
+def _database_url(db: str | None) -> str:
+    from store.db import database_url
+
+    if db is None:
+        return database_url()
+    return db if "://" in db else f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+def parse_sweep(items: list[str]) -> dict[str, list[Any]]:
+    """`optimizer.lr=0.1,1,10` -> {"optimizer.lr": [0.1, 1, 10]} (values parsed as YAML scalars)."""
+    sweep: dict[str, list[Any]] = {}
+    for item in items:
+        path, sep, values = item.partition("=")
+        if not sep or not path or not values:
+            raise typer.BadParameter(f"{item!r}: expected PATH=V1,V2,... such as optimizer.lr=1,10,100")
+        sweep[path.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    return sweep
+
+
+def _load_spec(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must hold a mapping of spec fields")
+    return data
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="the run spec, YAML or JSON")],
+    sweep: Annotated[list[str] | None, typer.Option("--sweep", "-s", help="PATH=V1,V2,... (repeatable)")] = None,
+    db: DbOption = None,
+    steps: Annotated[int | None, typer.Option(help="override optimizer.steps")] = None,
+    strict: Annotated[bool, typer.Option(help="exit 1 unless every run completed")] = False,
+) -> None:
+    """Train SPEC (or a sweep of it) now, in this process, into the embedded store."""
+    from store import queries
+    from store.db import make_engine, session_factory, upgrade
+    from worker.runner import execute_run
+
+    data = _load_spec(spec)
+    if steps is not None:
+        data.setdefault("optimizer", {})["steps"] = steps
+    engine = make_engine(_database_url(db))
+    upgrade(engine)
+    sessions = session_factory(engine)
+    try:
+        with sessions.begin() as session:
+            owner = queries.local_user(session=session)
+            experiment = queries.create_experiment(
+                session=session, owner=owner, spec=data, sweep=parse_sweep(sweep or [])
+            )
+            run_ids = [r.id for r in queries.list_runs(session=session, experiment_id=experiment.id)]
+            experiment_id = experiment.id
+    except (ValidationError, SweepError) as exc:
+        _fail(f"{spec}: {exc}")
+    console.print(f"experiment {experiment_id}: {len(run_ids)} run(s) into {engine.url.render_as_string()}")
+    for run_id in run_ids:
+        _run_with_bar(run_id, sessions, execute_run)
+    with sessions.begin() as session:
+        rows = [_row(r) for r in queries.list_runs(session=session, experiment_id=experiment_id)]
+    print_runs(rows, title=f"experiment {experiment_id}", console=console)
+    if strict and any(r["status"] != "completed" for r in rows):
+        raise typer.Exit(1)
+
+
+def _run_with_bar(run_id: int, sessions: Any, execute: Any) -> None:
+    columns = (TextColumn(f"run {run_id}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=None)
+
+        def progress(step: int, steps: int) -> None:
+            bar.update(task, completed=step, total=steps)
+
+        started = time.perf_counter()
+        status = execute(run_id, sessions, progress=progress)
+    console.print(f"run {run_id}: {status} in {time.perf_counter() - started:.1f} s")
+
+
+def _row(run: Any) -> dict[str, Any]:
+    return {"id": run.id, "params": run.params, "status": run.status, "summary": run.summary}
+
+
+@app.command()
+def runs(experiment: Annotated[int, typer.Argument(help="experiment id")], db: DbOption = None) -> None:
+    """The runs of an experiment in the store, with their summaries."""
+    from store import queries
+    from store.db import make_engine, session_factory, verify_schema
+
+    engine = make_engine(_database_url(db))
+    verify_schema(engine)
+    with session_factory(engine).begin() as session:
+        try:
+            queries.get_experiment(session=session, experiment_id=experiment)
+        except queries.NotFound as exc:
+            _fail(str(exc))
+        rows = [_row(r) for r in queries.list_runs(session=session, experiment_id=experiment)]
+    print_runs(rows, title=f"experiment {experiment}", console=console)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Apply the Alembic migrations up to the head revision."""
+    from store.db import upgrade
+
+    url = _database_url(db)
+    upgrade(url)
+    console.print(f"database at head: {url.split('@')[-1]}")
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="user name")],
+    admin: Annotated[bool, typer.Option("--admin", help="may cancel and delete anyone's runs")] = False,
+    db: DbOption = None,
+) -> None:
+    """Create a user and print their API token. It is shown once and stored hashed."""
+    from store import queries
+    from store.db import make_engine, session_factory, verify_schema
+
+    engine = make_engine(_database_url(db))
+    verify_schema(engine)
+    try:
+        with session_factory(engine).begin() as session:
+            _, token = queries.create_user(session=session, name=name, is_admin=admin)
+    except queries.Conflict as exc:
+        _fail(str(exc))
+    console.print(token)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the REST API (and the dashboard) with uvicorn."""
+    import uvicorn
+
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command()
+def worker(
+    queue: Annotated[str, typer.Option(help="gpu or cpu")] = "cpu",
+    name: Annotated[str | None, typer.Option(help="worker node name")] = None,
+    beat: Annotated[bool, typer.Option(help="also run the reaper on a schedule (Celery beat)")] = False,
+) -> None:
+    """A Celery worker for one queue: solo pool, one run at a time, nothing forked after CUDA."""
+    if queue not in ("gpu", "cpu"):
+        _fail("--queue must be gpu or cpu")
+    from store.db import make_engine, verify_schema
+    from worker.celery_app import app as celery_app
+    from worker.settings import WorkerSettings
+
+    verify_schema(make_engine(WorkerSettings().database_url or _database_url(None)))
+    argv = [
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--queues={queue}",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if name:
+        argv.append(f"--hostname={name}")
+    if beat:
+        argv.append("--beat")
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def reaper(
+    once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
+) -> None:
+    """Requeue runs whose worker died or whose broker message was lost."""
+    from store.db import make_engine, session_factory, verify_schema
+    from worker.reaper import reap
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    engine = make_engine(settings.database_url or _database_url(None))
+    verify_schema(engine)
+    sessions = session_factory(engine)
+    while True:
+        outcome = reap(sessions, settings)
+        if outcome["requeued"] or outcome["failed"] or once:
+            console.print(f"requeued {outcome['requeued']}, failed {outcome['failed']}")
+        if once:
+            return
+        time.sleep(settings.reap_every)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,119 @@
+"""Engines, sessions and the schema check: one place that knows how to reach the database.
+
+PostgreSQL (`postgresql+psycopg://...`) is the shared store; SQLite is the embedded one for a
+laptop (`sqlite:///path`). Both the API and the worker call `verify_schema` at start-up and
+refuse to run on a database that is not at the Alembic head.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+# The migrations live next to this package in the repository; resolved from this file so that
+# neither `alembic.ini` nor the current directory is needed at run time.
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+DEFAULT_SQLITE = Path("~/.eos/eos.sqlite")
+
+
+class SchemaOutdated(RuntimeError):
+    """The database is not at the Alembic head revision (empty, behind, or ahead of this code)."""
+
+
+def database_url() -> str:
+    """EOS_DATABASE_URL, or an SQLite file under ~/.eos (created) for the embedded mode."""
+    url = os.environ.get("EOS_DATABASE_URL")
+    if url:
+        return url
+    path = DEFAULT_SQLITE.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for a PostgreSQL (psycopg 3) or SQLite URL; extra kwargs go to create_engine."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)  # workers hold connections across long runs
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Foreign keys and WAL on every connection, and transactions SQLAlchemy controls.
+
+    pysqlite's own transaction handling opens transactions late and breaks SAVEPOINT, so it
+    is switched off and SQLAlchemy emits BEGIN itself (the recipe from the SQLAlchemy docs).
+    WAL lets the API read while a worker writes.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough under WAL, much faster commits
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: objects returned by a route stay readable after its commit.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config that needs no alembic.ini and works from any directory."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        config.attributes["url"] = url
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def verify_schema(engine: Engine) -> None:
+    """Raise SchemaOutdated unless the database is at the head revision."""
+    head = head_revision()
+    with engine.connect() as connection:
+        current = current_revision(connection)
+    if current != head:
+        shown = current or "none (empty database)"
+        raise SchemaOutdated(
+            f"database {engine.url.render_as_string(hide_password=True)} is at revision {shown}, "
+            f"this code needs {head}: run `eos db upgrade`"
+        )
+
+
+def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:
+    """Alembic upgrade, programmatically (what `eos db upgrade` runs)."""
+    engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        if isinstance(engine_or_url, str):
+            engine.dispose()

@@ -1,0 +1,324 @@
+"""Reads and writes of users, experiments, runs and events.
+
+Every function takes `session=` keyword-only and never commits: the caller (a route,
+a task) owns the transaction. Plain ORM rows come out; the API maps them to schemas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from eos_core.spec import RunSpec
+from eos_core.sweep import Sweep, expand_sweep, spec_hash
+
+from .models import FINISHED, ApiToken, Event, Experiment, Run, User, utcnow
+
+
+class NotFound(LookupError):
+    """No such row; the message names what was looked for."""
+
+
+class Conflict(RuntimeError):
+    """The request conflicts with the row's state (cancelling a finished run, ...)."""
+
+
+class QuotaExceeded(RuntimeError):
+    """The user would exceed a limit (queued runs)."""
+
+
+# --- users and tokens -------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(*, session: Session, name: str, is_admin: bool = False) -> tuple[User, str]:
+    """A new user and their first API token; the secret is returned once and stored hashed."""
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise Conflict(f"user {name!r} already exists")
+    user = User(name=name, is_admin=is_admin)
+    session.add(user)
+    session.flush()
+    return user, issue_token(session=session, user=user)
+
+
+def issue_token(*, session: Session, user: User) -> str:
+    secret = "eos_" + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, token_hash=hash_token(secret), prefix=secret[:10]))
+    session.flush()
+    return secret
+
+
+def user_for_token(*, session: Session, token: str) -> User | None:
+    stmt = (
+        select(User)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked.is_(False))
+    )
+    return session.scalar(stmt)
+
+
+def get_user(*, session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise NotFound(f"no user named {name!r}")
+    return user
+
+
+def local_user(*, session: Session) -> User:
+    """The embedded store's single user, created on first use."""
+    user = session.scalar(select(User).where(User.name == "local"))
+    if user is None:
+        user = User(name="local", is_admin=True)
+        session.add(user)
+        session.flush()
+    return user
+
+
+# --- experiments and runs ---------------------------------------------------------------
+
+
+def queue_for(spec: RunSpec) -> str:
+    """Runs route to the gpu queue by their device (auto prefers a GPU worker)."""
+    return "cpu" if spec.device == "cpu" else "gpu"
+
+
+def queued_runs(*, session: Session, user: User) -> int:
+    stmt = (
+        select(func.count(Run.id))
+        .join(Experiment, Experiment.id == Run.experiment_id)
+        .where(Experiment.owner_id == user.id, Run.status.in_(("queued", "running")))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def create_experiment(
+    *,
+    session: Session,
+    owner: User,
+    spec: dict[str, Any],
+    sweep: Sweep | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    max_runs: int | None = None,
+    max_queued: int | None = None,
+) -> Experiment:
+    """Validate the spec and sweep, expand the grid, and add the experiment with queued runs."""
+    cells = expand_sweep(spec, sweep, limit=max_runs)
+    if max_queued is not None and queued_runs(session=session, user=owner) + len(cells) > max_queued:
+        raise QuotaExceeded(
+            f"{owner.name} may have at most {max_queued} queued or running runs; this adds {len(cells)}"
+        )
+    base = RunSpec.model_validate(spec)
+    experiment = Experiment(
+        name=name or base.name, owner_id=owner.id, tags=list(tags), spec=spec, sweep=dict(sweep or {})
+    )
+    session.add(experiment)
+    session.flush()
+    for params, cell in cells:
+        session.add(
+            Run(
+                experiment_id=experiment.id,
+                spec=cell.model_dump(mode="json"),
+                spec_hash=spec_hash(cell),
+                params=params,
+                queue=queue_for(cell),
+                steps=cell.optimizer.steps,
+            )
+        )
+    session.flush()
+    return experiment
+
+
+def get_experiment(*, session: Session, experiment_id: int, with_runs: bool = False) -> Experiment:
+    stmt = select(Experiment).where(Experiment.id == experiment_id)
+    if with_runs:
+        stmt = stmt.options(selectinload(Experiment.runs))
+    experiment = session.scalar(stmt)
+    if experiment is None:
+        raise NotFound(f"no experiment {experiment_id}")
+    return experiment
+
+
+def list_experiments(
+    *,
+    session: Session,
+    owner: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Experiment], int]:
+    """A page of experiments, newest first, and the total matching count."""
+    stmt = select(Experiment)
+    if owner is not None:
+        stmt = stmt.join(User, User.id == Experiment.owner_id).where(User.name == owner)
+    if name is not None:
+        stmt = stmt.where(Experiment.name.contains(name))
+    if status is not None:
+        stmt = stmt.where(Experiment.runs.any(Run.status == status))
+    experiments = list(session.scalars(stmt.order_by(Experiment.id.desc())))
+    if tag is not None:  # JSON containment differs across backends; tags lists are short
+        experiments = [e for e in experiments if tag in (e.tags or [])]
+    return experiments[offset : offset + limit], len(experiments)
+
+
+def get_run(*, session: Session, run_id: int, for_update: bool = False) -> Run:
+    stmt = select(Run).where(Run.id == run_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    run = session.scalar(stmt)
+    if run is None:
+        raise NotFound(f"no run {run_id}")
+    return run
+
+
+def list_runs(*, session: Session, experiment_id: int | None = None, status: Sequence[str] | None = None) -> list[Run]:
+    stmt = select(Run).order_by(Run.id)
+    if experiment_id is not None:
+        stmt = stmt.where(Run.experiment_id == experiment_id)
+    if status:
+        stmt = stmt.where(Run.status.in_(tuple(status)))
+    return list(session.scalars(stmt))
+
+
+def run_owner(*, session: Session, run: Run) -> User:
+    return session.scalars(
+        select(User).join(Experiment, Experiment.owner_id == User.id).where(Experiment.id == run.experiment_id)
+    ).one()
+
+
+# --- run life cycle ---------------------------------------------------------------------
+
+
+def mark_enqueued(*, session: Session, run: Run, task_id: str) -> None:
+    run.task_id = task_id
+    run.enqueued_at = utcnow()
+
+
+def claim_run(*, session: Session, run_id: int, worker: str, stale_after: timedelta) -> Run | None:
+    """Start an attempt: a queued run, or a running one whose worker went silent -> running.
+
+    Returns None when there is nothing to do (finished, cancelled, or running elsewhere with
+    a fresh heartbeat): a redelivered or duplicated message is then harmless. The row lock
+    makes two workers racing for one run take turns.
+    """
+    run = get_run(session=session, run_id=run_id, for_update=True)
+    if run.status in FINISHED:
+        return None
+    if run.cancel_requested:
+        finish_run(session=session, run=run, status="cancelled")
+        return None
+    if run.status == "running" and run.heartbeat_at is not None and _aware(run.heartbeat_at) > utcnow() - stale_after:
+        return None
+    run.status = "running"
+    run.attempts += 1
+    run.worker = worker
+    run.error = None
+    run.started_at = utcnow()
+    run.heartbeat_at = utcnow()
+    add_event(
+        session=session, run_id=run.id, kind="attempt", step=None, details={"attempt": run.attempts, "worker": worker}
+    )
+    return run
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def heartbeat(*, session: Session, run_id: int, step: int, steps: int) -> bool:
+    """Record progress; returns True when a cancellation was requested."""
+    session.execute(
+        update(Run).where(Run.id == run_id).values(step=step, progress=step / max(steps, 1), heartbeat_at=utcnow())
+    )
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def finish_run(
+    *,
+    session: Session,
+    run: Run,
+    status: str,
+    summary: dict[str, Any] | None = None,
+    dataset_info: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    run.status = status
+    run.finished_at = utcnow()
+    run.heartbeat_at = run.finished_at
+    if summary is not None:
+        run.summary = summary
+        run.progress = 1.0 if status == "completed" else run.progress
+    if dataset_info is not None:
+        run.dataset_info = dataset_info
+    if error is not None:
+        run.error = error
+
+
+def request_cancel(*, session: Session, run: Run) -> None:
+    """Queued runs are cancelled at once; running ones stop at their next chunk."""
+    if run.status in FINISHED:
+        raise Conflict(f"run {run.id} is already {run.status}")
+    run.cancel_requested = True
+    if run.status == "queued":
+        finish_run(session=session, run=run, status="cancelled")
+    add_event(session=session, run_id=run.id, kind="cancel", step=run.step, details={})
+
+
+def stale_runs(*, session: Session, heartbeat_timeout: timedelta, queue_timeout: timedelta) -> list[Run]:
+    """Running runs whose heartbeat went stale, and queued runs whose message may be lost."""
+    now = utcnow()
+    running = select(Run).where(Run.status == "running", Run.heartbeat_at < now - heartbeat_timeout)
+    queued = select(Run).where(
+        Run.status == "queued",
+        (Run.enqueued_at.is_(None) & (Run.created_at < now - queue_timeout)) | (Run.enqueued_at < now - queue_timeout),
+    )
+    return list(session.scalars(running)) + list(session.scalars(queued))
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+def add_event(*, session: Session, run_id: int, kind: str, step: int | None, details: dict[str, Any]) -> None:
+    session.add(Event(run_id=run_id, kind=kind, step=step, details=details))
+
+
+def list_events(*, session: Session, run_id: int, kinds: Sequence[str] | None = None) -> list[Event]:
+    stmt = select(Event).where(Event.run_id == run_id).order_by(Event.id)
+    if kinds:
+        stmt = stmt.where(Event.kind.in_(tuple(kinds)))
+    return list(session.scalars(stmt))
+
+
+def delete_events(*, session: Session, run_id: int, kinds: Sequence[str]) -> None:
+    for event in list_events(session=session, run_id=run_id, kinds=kinds):
+        session.delete(event)
+
+
+def summary_events(summary: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(kind, step, details) for the regime changes and divergence an analysis found."""
+    events: list[tuple[str, int, dict[str, Any]]] = []
+    if summary.get("entrance_step") is not None:
+        events.append(("entrance", int(summary["entrance_step"]), {}))
+    for step in summary.get("exit_steps") or []:
+        events.append(("exit", int(step), {}))
+    for step in summary.get("return_steps") or []:
+        events.append(("return", int(step), {}))
+    if summary.get("diverged_step") is not None:
+        events.append(("divergence", int(summary["diverged_step"]), {}))
+    return sorted(events, key=lambda e: e[1])
+
+
+def now() -> datetime:
+    return utcnow()

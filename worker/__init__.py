@@ -1,0 +1,1 @@
+"""Celery workers: one task per run, the task body shared with the embedded mode."""

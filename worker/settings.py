@@ -1,0 +1,22 @@
+"""Worker settings, from environment variables (EOS_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EOS_", extra="ignore")
+
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset means the embedded SQLite file")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis)")
+    visibility_timeout: int = Field(
+        7 * 24 * 3600, description="seconds before Redis redelivers an unacknowledged task: longer than any run"
+    )
+    heartbeat_seconds: float = Field(5.0, description="at most this long between heartbeats of a running run")
+    stale_seconds: float = Field(120.0, description="a running run whose heartbeat is older is presumed dead")
+    queue_check_seconds: float = Field(60.0, description="a queued run older than this is checked on the broker")
+    max_attempts: int = Field(3, description="attempts per run before the reaper marks it failed")
+    reap_every: float = Field(30.0, description="seconds between reaper passes (Celery beat or eos reaper)")
+    flush_rows: int = Field(4096, description="trace rows buffered per run before a write")
