@@ -148,3 +148,44 @@ def test_cuda_matches_cpu_in_float64() -> None:
     np.testing.assert_allclose(gpu.trace["sharpness"], cpu.trace["sharpness"], rtol=1e-5)
     single = train(_spec(device="cuda", dtype="float32"))
     assert single.status == "completed" and np.isfinite(single.trace["loss"]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_full_batch_drift_is_exact_and_measuring_keeps_the_loss() -> None:
+    spec = _spec(
+        device="cuda",
+        dtype="float64",
+        optimizer__batch_size=80,
+        optimizer__sampler="without_replacement",
+        optimizer__lr=500.0,
+        optimizer__steps=40,
+    )
+    trace = train(spec).trace
+    np.testing.assert_allclose(trace["drift"][:-1], np.diff(trace["loss"]), rtol=1e-9, atol=1e-13)
+    off = train(
+        _spec(
+            device="cuda",
+            dtype="float64",
+            optimizer__batch_size=80,
+            optimizer__sampler="without_replacement",
+            optimizer__lr=500.0,
+            optimizer__steps=40,
+            instrument__drift_samples=0,
+            instrument__sharpness_every=0,
+        )
+    )
+    np.testing.assert_allclose(off.trace["loss"], trace["loss"], rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tiny_losses_in_float32() -> None:
+    from eos_core.loss import per_sample_loss
+
+    margin = torch.linspace(23, 69, 50, dtype=torch.float64)
+    z = torch.zeros(50, 3, dtype=torch.float64)
+    z[:, 0] = margin
+    y = torch.zeros(50, dtype=torch.long)
+    exact = torch.log1p(2 * torch.exp(-margin))
+    got = per_sample_loss(z.float().cuda(), y.cuda()).double().cpu()
+    assert (got > 0).all()
+    assert ((got - exact).abs() / exact).max() < 1e-5
