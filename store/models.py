@@ -124,7 +124,8 @@ class TraceChunk(Base):
     """One metric of a run over a block of recorded steps, as a little-endian float64 array.
 
     Column `metric` is the index into eos_core.trace.COLUMNS (0 is `step`, stored the same
-    way). Why chunks and not a row per step: see store/traces.py.
+    way); `100 + m` holds metric m's min/max/sum/count per 64-row group, which downsampled
+    reads of long ranges use. Why chunks and not a row per step: see store/traces.py.
     """
 
     __tablename__ = "trace_chunks"

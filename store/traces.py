@@ -4,27 +4,33 @@ Layout. Table `trace_chunks` (store/models.py) holds one row per (run, metric, b
 recorded steps): `data` is the metric over the block as a little-endian float64 array,
 `first_step`/`last_step`/`n_rows` describe the block. Metric 0 is `step` itself, stored the
 same way (float64 is exact for steps below 2**53). Every block has a step row; a metric
-that is NaN over a whole block (test loss between evaluations, sharpness when disabled) has
-no row at all and reads back as NaN. Blocks of one run never overlap and are written in
-step order.
+that is NaN over a whole block (test loss between evaluations, a disabled instrument) has
+no row and reads back as NaN. Blocks of a run never overlap and hold up to 4096 rows; a
+write that finds the run's last block short merges into it, so a worker that flushes on a
+timer still leaves full blocks.
+
+Summaries. Next to each metric row, metric id 100 + m holds the NaN-aware min, max, sum and
+count of every group of 64 rows of that block (step: the first step of each group), 6% more
+bytes. A downsampled read over a long range takes whole groups from the summaries and only
+the (at most two) blocks cut by the range edges from the rows: 16x fewer bytes to move.
 
 Why not a row per step (or per value):
-- Ingest: the ORM manages ~20k rows/s, so a 1M-step run would take a minute of database
-  time per run; one COPY of ~250 blocks x 22 metrics takes well under a second.
-- Size: a row per step costs a 24-byte tuple header, an item pointer and a PK index entry
-  per row before any value; MLflow's (key, value, timestamp, step) metric table costs about
-  400 bytes per value. Blocks cost ~8 bytes per value plus a few bytes per 4096 (TOAST
-  compresses the mostly-NaN columns to almost nothing).
-- Reads: downsampling 1M rows with GROUP BY on the server takes seconds; here the server
-  streams ~250 blobs per metric (binary protocol, no hex) and numpy buckets them in a few
-  milliseconds. Only the blocks overlapping the asked range and the asked metrics are read.
+- Ingest: the ORM manages ~4-20k rows/s (bench/store.py), a minute or more per 1M-step run;
+  here one COPY of ~250 blocks x 22 metrics takes a second or two.
+- Size: a row per step pays a 24-byte tuple header, an item pointer and an index entry
+  before any value, and MLflow's (key, value, timestamp, step) metric table costs about 400
+  bytes per value; blocks cost ~5 bytes per value with indexes, TOAST and summaries (TOAST
+  compresses the mostly-NaN columns).
+- Reads: a GROUP BY over 1M rows to downsample takes seconds on the server; here a 1M-step
+  read to 2,000 points moves ~0.6 MB per metric and takes a few milliseconds (bench/store.py).
 
 Spikes survive downsampling: every bucket reports the NaN-aware min, max and mean of its
 rows, so a one-step spike shows in `<name>_max` however coarse the buckets.
 
 All functions take `session=` keyword-only and never commit: the caller owns the
-transaction. They go to the DBAPI connection under the session (psycopg COPY and binary
-results on PostgreSQL, executemany on SQLite) because the ORM is the bottleneck here.
+transaction. They use the DBAPI connection under the session (psycopg COPY and binary
+results on PostgreSQL, executemany on SQLite): the ORM would be the bottleneck. One writer
+per run at a time (a worker owns its run); the primary key catches two writers that race.
 """
 
 from __future__ import annotations
@@ -40,216 +46,200 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from numpy.typing import NDArray
 from sqlalchemy.orm import Session
 
-from eos_core.trace import COLUMNS, METRICS
+from eos_core.trace import COLUMNS
 
-Chunk = dict[str, np.ndarray]
-Floats = NDArray[np.float64]
+from .trace_codec import (
+    BLOCK_ROWS,
+    F8,
+    GROUP_ROWS,
+    MAX_EXACT_STEP,
+    STEP,
+    SUMMARY,
+    BadChunk,
+    Chunk,
+    Floats,
+    Row,
+    Steps,
+    UnknownMetric,
+    check_chunk,
+    concat,
+    downsample,
+    downsample_groups,
+    encode,
+    metric_ids,
+    stored_summary,
+    summarize,
+    unmeasured,
+)
 
-BLOCK_ROWS = 4096  # rows per stored block: 32 KiB per metric, ~250 blocks for a 1M-step run
+__all__ = [
+    "BLOCK_ROWS",
+    "GROUP_ROWS",
+    "SUMMARY_MIN_GROUPS",
+    "BadChunk",
+    "TraceOverlap",
+    "TraceWriter",
+    "UnknownMetric",
+    "append_trace",
+    "append_traces",
+    "delete_trace",
+    "iter_trace_csv",
+    "iter_trace_pieces",
+    "read_trace",
+    "trace_last_step",
+    "trace_row_count",
+    "trace_steps",
+    "write_trace_parquet",
+]
+
 EXPORT_ROWS = 65_536  # rows per CSV piece / parquet row group: bounded memory while exporting
-GROUP_ROWS = 64  # rows per summary group (see "Summaries" above)
-SUMMARY = 100  # metric id of a summary row = SUMMARY + id of its metric
-SUMMARY_MIN_GROUPS = 4  # read summaries when a bucket spans at least this many groups
-STEP = 0
-METRIC_IDS = {name: i for i, name in enumerate(COLUMNS)}
-F8 = np.dtype("<f8")
-MAX_EXACT_STEP = 2**53  # float64 holds every integer up to here
-
-
-class UnknownMetric(ValueError):
-    """A metric name that is not a trace column."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__(f"unknown metric(s) {', '.join(names)}; valid: {', '.join(METRICS)}")
+SUMMARY_MIN_GROUPS = 4  # read summaries when buckets span at least this many groups
 
 
 class TraceOverlap(ValueError):
-    """A block whose steps are not after everything already stored for the run."""
+    """A chunk whose steps are not after everything already stored for the run."""
 
 
-class BadChunk(ValueError):
-    """A chunk without every column, with unequal lengths, or with steps not increasing."""
+# --- SQL on the session's own DBAPI connection ------------------------------------------------------
 
 
-# --- raw SQL on the session's own connection -------------------------------------------------------
-
-
-def _dialect(session: Session) -> str:
-    return session.connection().dialect.name
+def _is_postgres(session: Session) -> bool:
+    return session.connection().dialect.name == "postgresql"
 
 
 def _driver(session: Session) -> Any:
-    session.flush()  # the run row a caller just added must exist for the foreign key
+    session.flush()  # a run the caller just added must exist for the foreign key
     return session.connection().connection.driver_connection
 
 
+def _sql(session: Session, sql: str) -> str:
+    """Statements are written in psycopg's %(name)s style; sqlite3 wants :name."""
+    return sql if _is_postgres(session) else re.sub(r"%\((\w+)\)s", r":\1", sql)
+
+
 def _query(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Rows of `sql` (psycopg %(name)s style); binary results on PostgreSQL so bytea is not hex."""
     raw = _driver(session)
-    if _dialect(session) == "postgresql":
-        with raw.cursor(binary=True) as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-    cursor = raw.cursor()
+    # binary=True: bytea comes as raw bytes, not hex text twice the size to parse.
+    cursor = raw.cursor(binary=True) if _is_postgres(session) else raw.cursor()
     try:
-        cursor.execute(re.sub(r"%\((\w+)\)s", r":\1", sql), params)
-        return cursor.fetchall()
+        cursor.execute(_sql(session, sql), params)
+        return list(cursor.fetchall())
     finally:
         cursor.close()
 
 
-def _execute(session: Session, sql: str, params: dict[str, Any]) -> int:
-    """Run a statement; returns the affected row count."""
-    raw = _driver(session)
-    if _dialect(session) != "postgresql":
-        sql = re.sub(r"%\((\w+)\)s", r":\1", sql)
-    cursor = raw.cursor()
+def _execute(session: Session, sql: str, params: dict[str, Any]) -> None:
+    cursor = _driver(session).cursor()
     try:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+        cursor.execute(_sql(session, sql), params)
     finally:
         cursor.close()
-
-
-Row = tuple[int, int, int, int, int, bytes]  # run_id, metric, first_step, last_step, n_rows, data
-INSERT_COLUMNS = "run_id, metric, first_step, last_step, n_rows, data"
 
 
 def _insert(session: Session, rows: list[Row]) -> None:
+    columns = "run_id, metric, first_step, last_step, n_rows, data"
     raw = _driver(session)
-    if _dialect(session) == "postgresql":
-        with (
-            raw.cursor() as cursor,
-            cursor.copy(f"COPY trace_chunks ({INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
+    if _is_postgres(session):
+        with raw.cursor() as cursor, cursor.copy(f"COPY trace_chunks ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int8", "int4", "int8", "int8", "int4", "bytea"])
             for row in rows:
                 copy.write_row(row)
         return
     cursor = raw.cursor()
     try:
-        cursor.executemany(f"INSERT INTO trace_chunks ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        cursor.executemany(f"INSERT INTO trace_chunks ({columns}) VALUES (?, ?, ?, ?, ?, ?)", rows)
     finally:
         cursor.close()
+
+
+def _sum_rows(session: Session, where: str, params: dict[str, Any]) -> int:
+    rows = _query(session, f"SELECT coalesce(sum(n_rows), 0) FROM trace_chunks WHERE metric = 0 AND {where}", params)
+    return int(rows[0][0])
 
 
 # --- writing ----------------------------------------------------------------------------------------
 
 
-def _check_chunk(chunk: Chunk) -> NDArray[np.int64]:
-    """The chunk's steps, after checking that it is a well-formed trace piece."""
-    missing = [name for name in COLUMNS if name not in chunk]
-    if missing:
-        raise BadChunk(f"trace chunk lacks column(s) {', '.join(missing)}")
-    extra = [name for name in chunk if name not in METRIC_IDS]
-    if extra:
-        raise UnknownMetric(extra)
-    steps = np.asarray(chunk["step"])
-    if steps.ndim != 1 or any(np.shape(chunk[name]) != steps.shape for name in METRICS):
-        raise BadChunk("trace chunk columns must be 1-d and of equal length")
-    if not np.issubdtype(steps.dtype, np.integer):
-        raise BadChunk(f"trace chunk steps must be integers, got {steps.dtype}")
-    steps = steps.astype(np.int64, copy=False)
-    if len(steps) and (np.any(np.diff(steps) <= 0) or steps[0] < 0 or steps[-1] >= MAX_EXACT_STEP):
-        raise BadChunk("trace chunk steps must be strictly increasing, in [0, 2**53)")
-    return steps
+@dataclass(frozen=True)
+class _Block:
+    first_step: int
+    last_step: int
+    n_rows: int
 
 
-def _encode(run_id: int, chunk: Chunk, steps: NDArray[np.int64], block_rows: int) -> list[Row]:
-    """Rows for `trace_chunks`, in blocks of at most block_rows; all-NaN metric blocks are skipped."""
-    rows: list[Row] = []
-    for lo in range(0, len(steps), block_rows):
-        hi = min(lo + block_rows, len(steps))
-        key = (run_id, int(steps[lo]), int(steps[hi - 1]), hi - lo)
-        block = steps[lo:hi].astype(F8)
-        rows.append(_row(key, STEP, block))
-        rows.append(_row(key, SUMMARY + STEP, block[::GROUP_ROWS]))  # first step of each group
-        for metric, name in enumerate(METRICS, start=1):
-            values = np.asarray(chunk[name][lo:hi], dtype=F8)
-            if not np.isnan(values).all():
-                rows.append(_row(key, metric, values))
-                rows.append(_row(key, SUMMARY + metric, summarize(values).ravel()))
-    return rows
-
-
-def _row(key: tuple[int, int, int, int], metric: int, values: Floats) -> Row:
-    run_id, first, last, n = key
-    return (run_id, metric, first, last, n, np.ascontiguousarray(values, dtype=F8).tobytes())
-
-
-def summarize(values: Floats) -> Floats:
-    """Per group of GROUP_ROWS rows: NaN-aware min, max, sum and count of values; shape (4, groups)."""
-    groups = -(-len(values) // GROUP_ROWS)
-    padded = np.full(groups * GROUP_ROWS, np.nan)
-    padded[: len(values)] = values
-    grid = padded.reshape(groups, GROUP_ROWS)
-    measured = ~np.isnan(grid)
-    return np.stack(
-        [
-            np.fmin.reduce(grid, axis=1),
-            np.fmax.reduce(grid, axis=1),
-            np.where(measured, grid, 0.0).sum(axis=1),
-            measured.sum(axis=1).astype(F8),
-        ]
-    )
-
-
-def trace_last_step(*, session: Session, run_id: int) -> int | None:
-    """The last stored step of the run (None when nothing is stored): where a resumed run continues."""
-    return _last_steps(session, [run_id]).get(run_id)
-
-
-def _last_steps(session: Session, run_ids: Iterable[int]) -> dict[int, int]:
+def _last_blocks(session: Session, run_ids: Iterable[int]) -> dict[int, _Block]:
+    """The last stored block of each run that has one."""
     ids = sorted({int(r) for r in run_ids})
     if not ids:
         return {}
     sql = (
-        "SELECT run_id, max(last_step) FROM trace_chunks "
-        f"WHERE metric = 0 AND run_id IN ({', '.join(map(str, ids))}) GROUP BY run_id"
+        "SELECT run_id, first_step, last_step, n_rows FROM trace_chunks AS c "
+        f"WHERE metric = 0 AND run_id IN ({', '.join(map(str, ids))}) AND first_step = "
+        "(SELECT max(first_step) FROM trace_chunks AS m WHERE m.run_id = c.run_id AND m.metric = 0)"
     )
-    return {int(run): int(last) for run, last in _query(session, sql, {})}
+    return {int(run): _Block(int(a), int(b), int(n)) for run, a, b, n in _query(session, sql, {})}
 
 
-def append_traces(*, session: Session, chunks: Sequence[tuple[int, Chunk]], block_rows: int = BLOCK_ROWS) -> int:
-    """Store chunks of several runs in one round trip; returns the rows (steps) written.
+def trace_last_step(*, session: Session, run_id: int) -> int | None:
+    """The last stored step of the run (None when nothing is stored): where a resumed run continues."""
+    block = _last_blocks(session, [run_id]).get(run_id)
+    return None if block is None else block.last_step
 
-    Each chunk's steps must come after the run's stored steps (and after the run's earlier
-    chunks in this call): a resumed run calls `trace_last_step` or `delete_trace` first.
+
+def append_traces(
+    *, session: Session, chunks: Sequence[tuple[int, Chunk]], block_rows: int = BLOCK_ROWS, merge: bool = True
+) -> int:
+    """Store chunks of one or more runs in one round trip; returns the rows (steps) written.
+
+    Each chunk's steps must come after the run's stored steps and its earlier chunks here: a
+    restarted run calls `delete_trace` (or `trace_last_step`) first. With merge, a run whose
+    last stored block is short has it rewritten together with the new rows.
     """
-    checked = [(int(run_id), chunk, _check_chunk(chunk)) for run_id, chunk in chunks]
-    last = _last_steps(session, (run_id for run_id, _, steps in checked if len(steps)))
+    per_run: dict[int, list[Chunk]] = {}
+    for run_id, chunk in chunks:
+        if len(check_chunk(chunk)):
+            per_run.setdefault(int(run_id), []).append(chunk)
+    tails = _last_blocks(session, per_run)
     rows: list[Row] = []
     written = 0
-    for run_id, chunk, steps in checked:
-        if not len(steps):
-            continue
-        if run_id in last and steps[0] <= last[run_id]:
-            raise TraceOverlap(
-                f"run {run_id}: chunk starts at step {steps[0]} but steps up to {last[run_id]} are stored; "
-                "call delete_trace(from_step=...) to rewrite them"
-            )
-        last[run_id] = int(steps[-1])
-        rows.extend(_encode(run_id, chunk, steps, block_rows))
-        written += len(steps)
+    for run_id, run_chunks in per_run.items():
+        _check_order(run_id, run_chunks, tails.get(run_id))
+        written += sum(len(chunk["step"]) for chunk in run_chunks)
+        tail = tails.get(run_id)
+        if merge and tail is not None and tail.n_rows < block_rows:
+            run_chunks.insert(0, _take_block(session, run_id, tail.first_step))
+        merged = concat(run_chunks)
+        rows += encode(run_id, merged, np.asarray(merged["step"], dtype=np.int64), block_rows)
     if rows:
         _insert(session, rows)
     return written
 
 
+def _check_order(run_id: int, chunks: list[Chunk], tail: _Block | None) -> None:
+    last = -1 if tail is None else tail.last_step
+    for chunk in chunks:
+        first = int(chunk["step"][0])
+        if first <= last:
+            raise TraceOverlap(
+                f"run {run_id}: a chunk starts at step {first} but steps up to {last} are stored or come "
+                "before it; call delete_trace(from_step=...) before rewriting steps"
+            )
+        last = int(chunk["step"][-1])
+
+
 def append_trace(*, session: Session, run_id: int, chunk: Chunk, block_rows: int = BLOCK_ROWS) -> int:
-    """Store one chunk of a run's trace (split into blocks of block_rows); returns the rows written."""
+    """Store one chunk of a run's trace; returns the rows written."""
     return append_traces(session=session, chunks=[(run_id, chunk)], block_rows=block_rows)
 
 
 class TraceWriter:
-    """Buffers the engine's small chunks (~256 rows) per run and stores blocks of `block_rows`.
+    """Buffers the engine's small chunks (~256 rows) per run; stores whole blocks of `block_rows`.
 
-    Fewer, larger blocks mean fewer rows, smaller indexes and faster reads. Rows still
-    buffered are not in the database: call `flush()` (or leave the `with` block) before the
-    caller commits a checkpoint it may resume from. One writer per run at a time.
+    Rows still buffered are not in the database: `flush()` (or leaving the `with` block)
+    before the caller commits a point it may resume from. A vectorized worker passes the
+    chunks of all its runs to `extend`, which writes every run's full blocks in one COPY.
     """
 
     def __init__(self, *, session: Session, block_rows: int = BLOCK_ROWS) -> None:
@@ -258,7 +248,6 @@ class TraceWriter:
         self.block_rows = block_rows
         self._buffers: dict[int, list[Chunk]] = {}
         self._pending: dict[int, int] = {}
-        self._last: dict[int, int] = {}  # last buffered step per run, to refuse disorder early
         self.rows_written = 0
 
     def __enter__(self) -> TraceWriter:
@@ -269,27 +258,23 @@ class TraceWriter:
             self.flush()
 
     def sink(self, run_id: int) -> Callable[[Chunk], None]:
-        """A callable for eos_core's TraceRecorder: `train(..., sink=writer.sink(run.id))`."""
+        """A sink for eos_core's TraceRecorder: `train(..., sink=writer.sink(run.id))`."""
         return lambda chunk: self.add(run_id, chunk)
 
     def pending(self, run_id: int) -> int:
+        """Rows of the run buffered and not yet written."""
         return self._pending.get(run_id, 0)
 
     def add(self, run_id: int, chunk: Chunk) -> None:
         self.extend([(run_id, chunk)])
 
     def extend(self, chunks: Iterable[tuple[int, Chunk]]) -> None:
-        """Buffer chunks of one or many runs; full blocks of all of them go out in one write."""
+        """Buffer chunks of one or many runs; the runs with a full block buffered are written."""
         ready: list[int] = []
         for run_id, chunk in chunks:
-            steps = _check_chunk(chunk)
-            if not len(steps):
-                continue
-            if run_id in self._last and steps[0] <= self._last[run_id]:
-                raise TraceOverlap(f"run {run_id}: chunk starts at step {steps[0]}, after {self._last[run_id]}")
-            self._last[run_id] = int(steps[-1])
+            rows = len(check_chunk(chunk))  # refuse a bad chunk now, not at a later flush
             self._buffers.setdefault(run_id, []).append(chunk)
-            self._pending[run_id] = self._pending.get(run_id, 0) + len(steps)
+            self._pending[run_id] = self.pending(run_id) + rows
             if self._pending[run_id] >= self.block_rows and run_id not in ready:
                 ready.append(run_id)
         if ready:
@@ -302,23 +287,17 @@ class TraceWriter:
     def _write(self, run_ids: list[int], whole_blocks_only: bool) -> int:
         out: list[tuple[int, Chunk]] = []
         for run_id in run_ids:
-            merged = _concat(self._buffers.pop(run_id))
+            merged = concat(self._buffers.pop(run_id))
             n = len(merged["step"])
             cut = n - n % self.block_rows if whole_blocks_only else n
             if cut < n:
-                self._buffers[run_id] = [{k: v[cut:] for k, v in merged.items()}]
+                self._buffers[run_id] = [{name: column[cut:] for name, column in merged.items()}]
             self._pending[run_id] = n - cut
             if cut:
-                out.append((run_id, {k: v[:cut] for k, v in merged.items()}))
+                out.append((run_id, {name: column[:cut] for name, column in merged.items()}))
         written = append_traces(session=self.session, chunks=out, block_rows=self.block_rows) if out else 0
         self.rows_written += written
         return written
-
-
-def _concat(chunks: list[Chunk]) -> Chunk:
-    if len(chunks) == 1:
-        return chunks[0]
-    return {name: np.concatenate([c[name] for c in chunks]) for name in COLUMNS}
 
 
 # --- deleting ---------------------------------------------------------------------------------------
@@ -327,8 +306,8 @@ def _concat(chunks: list[Chunk]) -> Chunk:
 def delete_trace(*, session: Session, run_id: int, from_step: int = 0) -> int:
     """Remove the run's stored steps >= from_step (all by default); returns how many steps went.
 
-    A block straddling from_step is cut short in place, so a restarted run can append from
-    from_step on and every step still has exactly one value.
+    A block straddling from_step is cut short, so a restarted run appends from from_step on
+    and every step keeps exactly one value.
     """
     params = {"run": run_id, "from": from_step}
     removed = _sum_rows(session, "run_id = %(run)s AND first_step >= %(from)s", params)
@@ -338,79 +317,75 @@ def delete_trace(*, session: Session, run_id: int, from_step: int = 0) -> int:
         "AND first_step < %(from)s AND last_step >= %(from)s",
         params,
     )
-    for (first_step,) in straddling:
-        removed += _truncate_block(session, run_id, int(first_step), from_step)
     _execute(session, "DELETE FROM trace_chunks WHERE run_id = %(run)s AND first_step >= %(from)s", params)
+    for (first_step,) in straddling:
+        block = _take_block(session, run_id, int(first_step))
+        keep = int(np.searchsorted(block["step"], from_step, side="left"))
+        kept = {name: column[:keep] for name, column in block.items()}
+        _insert(session, encode(run_id, kept, np.asarray(kept["step"], dtype=np.int64), keep))  # new summaries
+        removed += len(block["step"]) - keep
     return removed
 
 
-def _sum_rows(session: Session, where: str, params: dict[str, Any]) -> int:
-    rows = _query(session, f"SELECT coalesce(sum(n_rows), 0) FROM trace_chunks WHERE metric = 0 AND {where}", params)
-    return int(rows[0][0])
-
-
-def _truncate_block(session: Session, run_id: int, first_step: int, from_step: int) -> int:
-    """Rewrite one block with only its steps < from_step (summaries recomputed); returns the steps dropped."""
-    blocks = _fetch(session, run_id, list(range(1, len(COLUMNS))), first_step, first_step)
-    keep = int(np.searchsorted(blocks.steps, from_step, side="left"))
-    assert keep > 0, "a straddling block starts before from_step"
-    steps = blocks.steps[:keep]
-    chunk: Chunk = {"step": steps, **{name: values[:keep] for name, values in blocks.columns.items()}}
+def _take_block(session: Session, run_id: int, first_step: int) -> Chunk:
+    """Read one stored block whole and delete it (to be written again, longer or shorter)."""
+    block = _fetch(session, run_id, list(range(1, len(COLUMNS))), first_step, first_step)
     params = {"run": run_id, "first": first_step}
     _execute(session, "DELETE FROM trace_chunks WHERE run_id = %(run)s AND first_step = %(first)s", params)
-    _insert(session, _encode(run_id, chunk, steps, keep))
-    return len(blocks.steps) - keep
+    return {"step": block.steps, **block.columns}
 
 
 # --- reading ----------------------------------------------------------------------------------------
 
 
-def _metric_ids(metrics: Sequence[str] | None) -> list[int]:
-    """Column ids of the asked metrics (all when None), `step` (always read) left out."""
-    if metrics is None:
-        return list(range(1, len(COLUMNS)))
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    unknown = [name for name in metrics if name not in METRIC_IDS]
-    if unknown:
-        raise UnknownMetric(unknown)
-    return sorted({METRIC_IDS[name] for name in metrics} - {STEP})
+@dataclass(frozen=True)
+class _Range:
+    """An inclusive step range; None is open."""
+
+    start: int | None
+    end: int | None
+
+    @property
+    def params(self) -> dict[str, int]:
+        return {
+            "start": -1 if self.start is None else self.start,
+            "end": MAX_EXACT_STEP if self.end is None else self.end,
+        }
 
 
 @dataclass
-class _Blocks:
-    """The stored blocks of a range, concatenated: steps plus the asked metric columns."""
+class _Rows:
+    """Full-resolution rows of the blocks read: steps plus the asked metric columns."""
 
-    steps: NDArray[np.int64]
+    steps: Steps
     columns: dict[str, Floats]
 
 
-def _fetch(session: Session, run_id: int, ids: list[int], start: int | None, end: int | None) -> _Blocks:
-    """Read the blocks overlapping [start, end] for the given metric ids (step included)."""
-    # A block of consecutive steps (last - first + 1 == n_rows) needs no step data: arange suffices.
+# A block of consecutive steps (last - first + 1 == n_rows) needs no step data: arange rebuilds it.
+_DATA = "CASE WHEN metric = 0 AND last_step - first_step + 1 = n_rows THEN NULL ELSE data END"
+
+
+def _steps(first: int, last: int, blob: bytes | None) -> Steps:
+    return np.arange(first, last + 1) if blob is None else np.frombuffer(blob, dtype=F8).astype(np.int64)
+
+
+def _fetch(session: Session, run_id: int, ids: list[int], start: int | None, end: int | None) -> _Rows:
+    """The rows of the blocks overlapping [start, end] (whole blocks), for the given metric ids."""
     sql = (
-        "SELECT metric, first_step, last_step, n_rows, "
-        "CASE WHEN metric = 0 AND last_step - first_step + 1 = n_rows THEN NULL ELSE data END "
-        f"FROM trace_chunks WHERE run_id = %(run)s AND metric IN ({', '.join(map(str, [STEP, *ids]))}) "
+        f"SELECT metric, first_step, last_step, n_rows, {_DATA} FROM trace_chunks "
+        f"WHERE run_id = %(run)s AND metric IN ({', '.join(map(str, [STEP, *ids]))}) "
         "AND first_step <= %(end)s AND last_step >= %(start)s ORDER BY metric, first_step"
     )
-    params = {"run": run_id, "start": -1 if start is None else start, "end": MAX_EXACT_STEP if end is None else end}
-    rows = _query(session, sql, params)
-    offsets: dict[int, int] = {}
-    total = 0
-    pieces: list[NDArray[np.int64]] = []
-    for metric, first, last, n, blob in rows:
-        if metric != STEP:
-            break
-        offsets[first] = total
-        total += n
-        pieces.append(np.arange(first, last + 1) if blob is None else np.frombuffer(blob, dtype=F8).astype(np.int64))
+    rows = _query(session, sql, {"run": run_id, **_Range(start, end).params})
+    step_rows = list(itertools.takewhile(lambda row: row[0] == STEP, rows))
+    pieces = [_steps(first, last, blob) for _, first, last, _, blob in step_rows]
     steps = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    columns = {COLUMNS[i]: np.full(total, np.nan) for i in ids}
-    for metric, first, _last, n, blob in rows[len(pieces) :]:
-        at = offsets[first]
-        columns[COLUMNS[metric]][at : at + n] = np.frombuffer(blob, dtype=F8)
-    return _Blocks(steps, columns)
+    starts = np.cumsum([0, *(row[3] for row in step_rows)])[:-1]  # where each block begins in the output
+    offsets = {row[1]: int(at) for row, at in zip(step_rows, starts, strict=True)}
+    columns = {COLUMNS[i]: np.full(len(steps), np.nan) for i in ids}
+    for metric, first, _, n, blob in rows[len(step_rows) :]:
+        columns[COLUMNS[metric]][offsets[first] : offsets[first] + n] = np.frombuffer(blob, dtype=F8)
+    return _Rows(steps, columns)
 
 
 def read_trace(
@@ -426,152 +401,93 @@ def read_trace(
 
     Full resolution: `step` (int64) and one float64 array per metric, NaN where not measured.
     With max_points and more rows than that, steps are cut into at most max_points equal
-    step intervals; each non-empty one gives `step` (its first recorded step), `<name>` (NaN-aware
-    mean), `<name>_min` and `<name>_max` (NaN-aware; NaN only if the bucket has no value).
-    Over long ranges a bucket is made of whole summary groups (GROUP_ROWS rows), so bucket
-    edges move by less than a group; min, max and mean stay exact for the rows of each bucket.
+    step intervals from the first step; each non-empty one gives `step` (its first recorded
+    step), `<name>` (NaN-aware mean), `<name>_min` and `<name>_max` (NaN-aware; NaN only if
+    the bucket has no value). Over long ranges buckets are made of whole 64-row groups, so a
+    bucket edge moves by less than a group; each bucket's values stay exact for its rows.
     """
     if max_points is not None and max_points < 1:
         raise ValueError("max_points must be at least 1")
-    ids = _metric_ids(metrics)
-    if (
-        max_points is not None
-        and _inner_rows(session, run_id, start, end) >= max_points * GROUP_ROWS * SUMMARY_MIN_GROUPS
-    ):
-        return _read_summarized(session, run_id, ids, _Range(start, end), max_points)
-    blocks = _fetch(session, run_id, ids, start, end)
-    lo = 0 if start is None else int(np.searchsorted(blocks.steps, start, side="left"))
-    hi = len(blocks.steps) if end is None else int(np.searchsorted(blocks.steps, end, side="right"))
-    steps = blocks.steps[lo:hi]
-    columns = {name: values[lo:hi] for name, values in blocks.columns.items()}
+    ids = metric_ids(metrics)
+    span = _Range(start, end)
+    if max_points is not None and _inner_rows(session, run_id, span) >= max_points * GROUP_ROWS * SUMMARY_MIN_GROUPS:
+        return _read_summarized(session, run_id, ids, span, max_points)
+    rows = _fetch(session, run_id, ids, start, end)
+    lo = 0 if start is None else int(np.searchsorted(rows.steps, start, side="left"))
+    hi = len(rows.steps) if end is None else int(np.searchsorted(rows.steps, end, side="right"))
+    steps = rows.steps[lo:hi]
+    columns = {name: values[lo:hi] for name, values in rows.columns.items()}
     if max_points is None or len(steps) <= max_points:
         return {"step": steps, **columns}
     return downsample(steps, columns, max_points)
 
 
-@dataclass(frozen=True)
-class _Range:
-    """Inclusive step range; None is open."""
-
-    start: int | None
-    end: int | None
-
-    @property
-    def params(self) -> dict[str, int]:
-        return {
-            "start": -1 if self.start is None else self.start,
-            "end": MAX_EXACT_STEP if self.end is None else self.end,
-        }
-
-
-def _inner_rows(session: Session, run_id: int, start: int | None, end: int | None) -> int:
-    """Rows in the blocks lying wholly inside [start, end]: those a summarized read takes from summaries."""
+def _inner_rows(session: Session, run_id: int, span: _Range) -> int:
+    """Rows in the blocks wholly inside the range: those a summarized read takes from summaries."""
     where = "run_id = %(run)s AND first_step >= %(start)s AND last_step <= %(end)s"
-    return _sum_rows(session, where, {"run": run_id, **_Range(start, end).params})
+    return _sum_rows(session, where, {"run": run_id, **span.params})
 
 
 def _read_summarized(
     session: Session, run_id: int, ids: list[int], span: _Range, max_points: int
 ) -> dict[str, np.ndarray]:
-    """Downsample from the per-group summaries of inner blocks and the raw rows of the (at most two) edge blocks."""
-    metric_list = ", ".join(map(str, [STEP, *ids]))
-    summary_list = ", ".join(str(SUMMARY + i) for i in [STEP, *ids])
+    """Downsample from the summaries of inner blocks and the rows of the blocks cut by the range edges."""
+    raw_ids = ", ".join(map(str, [STEP, *ids]))
+    summary_ids = ", ".join(str(SUMMARY + i) for i in [STEP, *ids])
     sql = (
-        "SELECT first_step, metric, last_step, n_rows, "
-        "CASE WHEN metric = 0 AND last_step - first_step + 1 = n_rows THEN NULL ELSE data END "
-        "FROM trace_chunks WHERE run_id = %(run)s AND first_step <= %(end)s AND last_step >= %(start)s AND ("
-        f"(first_step >= %(start)s AND last_step <= %(end)s AND metric IN ({summary_list})) OR "
-        f"((first_step < %(start)s OR last_step > %(end)s) AND metric IN ({metric_list}))"
+        f"SELECT first_step, metric, last_step, n_rows, {_DATA} FROM trace_chunks "
+        "WHERE run_id = %(run)s AND first_step <= %(end)s AND last_step >= %(start)s AND ("
+        f"(first_step >= %(start)s AND last_step <= %(end)s AND metric IN ({summary_ids})) OR "
+        f"((first_step < %(start)s OR last_step > %(end)s) AND metric IN ({raw_ids}))"
         ") ORDER BY first_step, metric"
     )
-    rows = _query(session, sql, {"run": run_id, **span.params})
-    firsts: list[NDArray[np.int64]] = []
-    stats: dict[int, list[Floats]] = {i: [] for i in ids}
-    for _, block in itertools.groupby(rows, key=lambda row: row[0]):
+    groups = _Groups(ids)
+    for _, block in itertools.groupby(_query(session, sql, {"run": run_id, **span.params}), key=lambda row: row[0]):
         blobs = {metric: (first, last, n, blob) for first, metric, last, n, blob in block}
-        _block_groups(blobs, ids, span, firsts, stats)
-    if not firsts:
-        return {"step": np.zeros(0, dtype=np.int64), **{COLUMNS[i]: np.zeros(0) for i in ids}}
-    return downsample_groups(np.concatenate(firsts), {COLUMNS[i]: np.hstack(stats[i]) for i in ids}, max_points)
+        if SUMMARY + STEP in blobs:
+            groups.add_summaries(blobs)
+        else:
+            groups.add_rows(blobs, span)
+    return groups.downsample(max_points)
 
 
-def _block_groups(
-    blobs: dict[int, tuple[int, int, int, bytes | None]],
-    ids: list[int],
-    span: _Range,
-    firsts: list[NDArray[np.int64]],
-    stats: dict[int, list[Floats]],
-) -> None:
-    """Append one block's groups (first steps, and (4, groups) stats per metric) to firsts and stats."""
-    if SUMMARY + STEP in blobs:  # an inner block: its stored summaries
-        group_firsts = np.frombuffer(_blob(blobs[SUMMARY + STEP]), dtype=F8).astype(np.int64)
-        for i in ids:
+class _Groups:
+    """Groups of rows collected block by block: first step of each, and (4, groups) stats per metric."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.firsts: list[Steps] = []
+        self.stats: dict[int, list[Floats]] = {i: [] for i in ids}
+
+    def add_summaries(self, blobs: dict[int, tuple[int, int, int, bytes | None]]) -> None:
+        """An inner block: its stored summaries; a metric without one was never measured there."""
+        firsts = np.frombuffer(_blob(blobs[SUMMARY + STEP]), dtype=F8).astype(np.int64)
+        for i in self.ids:
             found = blobs.get(SUMMARY + i)
-            stats[i].append(_unmeasured(len(group_firsts)) if found is None else _stats(_blob(found)))
-        firsts.append(group_firsts)
-        return
-    first, last, n, step_blob = blobs[STEP]  # an edge block: summarize its rows inside the range
-    steps = np.arange(first, last + 1) if step_blob is None else np.frombuffer(step_blob, dtype=F8).astype(np.int64)
-    params = span.params
-    inside = (steps >= params["start"]) & (steps <= params["end"])
-    if not inside.any():
-        return
-    for i in ids:
-        found = blobs.get(i)
-        values = np.full(n, np.nan) if found is None else np.frombuffer(_blob(found), dtype=F8)
-        stats[i].append(summarize(values[inside]))
-    firsts.append(steps[inside][::GROUP_ROWS])
+            self.stats[i].append(unmeasured(len(firsts)) if found is None else stored_summary(_blob(found)))
+        self.firsts.append(firsts)
+
+    def add_rows(self, blobs: dict[int, tuple[int, int, int, bytes | None]], span: _Range) -> None:
+        """An edge block: summarize its rows that lie inside the range."""
+        first, last, n, step_blob = blobs[STEP]
+        steps = _steps(first, last, step_blob)
+        inside = (steps >= span.params["start"]) & (steps <= span.params["end"])
+        for i in self.ids:
+            found = blobs.get(i)
+            values = np.full(n, np.nan) if found is None else np.frombuffer(_blob(found), dtype=F8)
+            self.stats[i].append(summarize(values[inside]))
+        self.firsts.append(steps[inside][::GROUP_ROWS])
+
+    def downsample(self, max_points: int) -> dict[str, np.ndarray]:
+        firsts = np.concatenate(self.firsts) if self.firsts else np.zeros(0, dtype=np.int64)
+        if not len(firsts):
+            return {"step": firsts, **{COLUMNS[i]: np.zeros(0) for i in self.ids}}
+        return downsample_groups(firsts, {COLUMNS[i]: np.hstack(self.stats[i]) for i in self.ids}, max_points)
 
 
 def _blob(row: tuple[int, int, int, bytes | None]) -> bytes:
-    blob = row[3]
-    assert blob is not None
-    return blob
-
-
-def _stats(blob: bytes) -> Floats:
-    values = np.frombuffer(blob, dtype=F8)
-    return values.reshape(4, len(values) // 4)
-
-
-def _unmeasured(groups: int) -> Floats:
-    """Stats of groups with no value: min and max NaN, sum and count 0."""
-    return np.concatenate([np.full((2, groups), np.nan), np.zeros((2, groups))])
-
-
-def bucket_starts(steps: NDArray[np.int64], max_points: int) -> NDArray[np.intp]:
-    """Row index where each bucket starts; buckets are equal step intervals, empty ones dropped."""
-    width = -(-(int(steps[-1]) - int(steps[0]) + 1) // max_points)  # ceil: at most max_points buckets
-    bucket = (steps - steps[0]) // width
-    return np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
-
-
-def downsample(steps: NDArray[np.int64], columns: dict[str, Floats], max_points: int) -> dict[str, np.ndarray]:
-    """Bucket a full-resolution trace: first step, NaN-aware mean, min and max per bucket."""
-    starts = bucket_starts(steps, max_points)
-    out: dict[str, np.ndarray] = {"step": steps[starts]}
-    for name, values in columns.items():
-        measured = ~np.isnan(values)
-        count = np.add.reduceat(measured, starts, dtype=np.int64)
-        total = np.add.reduceat(np.where(measured, values, 0.0), starts)
-        out[name] = np.divide(total, count, out=np.full(len(starts), np.nan), where=count > 0)
-        out[f"{name}_min"] = np.fmin.reduceat(values, starts)  # fmin/fmax skip NaN
-        out[f"{name}_max"] = np.fmax.reduceat(values, starts)
-    return out
-
-
-def downsample_groups(firsts: NDArray[np.int64], stats: dict[str, Floats], max_points: int) -> dict[str, np.ndarray]:
-    """Bucket groups (first step; min, max, sum, count per metric as `summarize` gives) into <= max_points."""
-    starts = bucket_starts(firsts, max_points)
-    out: dict[str, np.ndarray] = {"step": firsts[starts]}
-    for name, (low, high, total, count) in stats.items():
-        count_b = np.add.reduceat(count, starts)
-        out[name] = np.divide(
-            np.add.reduceat(total, starts), count_b, out=np.full(len(starts), np.nan), where=count_b > 0
-        )
-        out[f"{name}_min"] = np.fmin.reduceat(low, starts)
-        out[f"{name}_max"] = np.fmax.reduceat(high, starts)
-    return out
+    assert row[3] is not None, "only step rows of consecutive steps come without data"
+    return row[3]
 
 
 def trace_row_count(*, session: Session, run_id: int) -> int:
@@ -579,7 +495,7 @@ def trace_row_count(*, session: Session, run_id: int) -> int:
     return _sum_rows(session, "run_id = %(run)s", {"run": run_id})
 
 
-def trace_steps(*, session: Session, run_id: int) -> NDArray[np.int64]:
+def trace_steps(*, session: Session, run_id: int) -> Steps:
     """Every stored step of the run, in order."""
     return _fetch(session, run_id, [], None, None).steps
 
@@ -587,30 +503,25 @@ def trace_steps(*, session: Session, run_id: int) -> NDArray[np.int64]:
 # --- export -----------------------------------------------------------------------------------------
 
 
-def _block_spans(session: Session, run_id: int) -> list[tuple[int, int, int]]:
-    rows = _query(
-        session,
-        "SELECT first_step, last_step, n_rows FROM trace_chunks "
-        "WHERE run_id = %(run)s AND metric = 0 ORDER BY first_step",
-        {"run": run_id},
-    )
-    return [(int(a), int(b), int(n)) for a, b, n in rows]
-
-
 def iter_trace_pieces(
     *, session: Session, run_id: int, metrics: Sequence[str] | None = None, chunk_rows: int = EXPORT_ROWS
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The full-resolution trace in step order, in pieces of about chunk_rows rows (whole blocks).
+    """The full-resolution trace in step order, in pieces of whole blocks, about chunk_rows rows each.
 
-    Keyset pagination over the block index rather than a server-side cursor: each piece is
-    a short query of its own, so memory stays bounded and SQLite behaves the same.
+    Keyset pagination over the block index rather than one server-side cursor: each piece
+    is a short query of its own, so memory stays bounded and SQLite behaves the same.
     """
-    _metric_ids(metrics)  # fail before the first piece on a bad name
-    spans = _block_spans(session, run_id)
+    metric_ids(metrics)  # a bad name fails before the first piece
+    spans = _query(
+        session,
+        "SELECT first_step, last_step, n_rows FROM trace_chunks WHERE run_id = %(run)s AND metric = 0 "
+        "ORDER BY first_step",
+        {"run": run_id},
+    )
     i = 0
     while i < len(spans):
-        j, rows = i, 0
-        while j < len(spans) and (rows < chunk_rows or j == i):
+        j, rows = i + 1, spans[i][2]
+        while j < len(spans) and rows < chunk_rows:
             rows += spans[j][2]
             j += 1
         yield read_trace(session=session, run_id=run_id, metrics=metrics, start=spans[i][0], end=spans[j - 1][1])
@@ -618,7 +529,7 @@ def iter_trace_pieces(
 
 
 def _arrow_schema(metrics: Sequence[str] | None) -> pa.Schema:
-    names = [COLUMNS[i] for i in _metric_ids(metrics)]
+    names = [COLUMNS[i] for i in metric_ids(metrics)]
     return pa.schema([("step", pa.int64()), *((name, pa.float64()) for name in names)])
 
 
@@ -633,10 +544,10 @@ def _arrow_table(piece: dict[str, np.ndarray], schema: pa.Schema, nan_as_null: b
 def iter_trace_csv(
     *, session: Session, run_id: int, metrics: Sequence[str] | None = None, chunk_rows: int = EXPORT_ROWS
 ) -> Iterator[str]:
-    """CSV text pieces (header first): `step` then the metrics; an empty field is NaN.
+    """CSV text in pieces, header first: `step` then the metrics in trace order; NaN is an empty field.
 
-    Floats are written in the shortest form that round-trips (read back with
-    pandas.read_csv(..., float_precision="round_trip") for bit-exact values).
+    Floats are written in their shortest round-trip form (Arrow's writer): pandas >= 3 reads
+    them back bit-exact (pandas 2 with float_precision="round_trip").
     """
     schema = _arrow_schema(metrics)
     yield ",".join(schema.names) + "\n"
@@ -655,7 +566,7 @@ def write_trace_parquet(
     sink: str | IO[bytes],
     chunk_rows: int = EXPORT_ROWS,
 ) -> int:
-    """Stream the trace into a parquet file, one row group per piece; NaN stays NaN. Returns rows."""
+    """Stream the trace into parquet, one row group per piece; NaN stays NaN. Returns the rows written."""
     schema = _arrow_schema(metrics)
     rows = 0
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
