@@ -32,6 +32,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/instrumentation.py
 	$(PY) bench/store.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

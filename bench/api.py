@@ -5,18 +5,22 @@ user and one run with a 100,000-step trace (loss every step, drift every step, s
 10, test loss every 100: what a full-instrumentation run stores). The server runs in a
 subprocess exactly as `python -m api` starts it (api.app:create_app, factory=True).
 
-Load: `--clients` concurrent clients (one asyncio task each, sharing an httpx AsyncClient with
-that many connections) send requests back to back for `--seconds` on each endpoint in turn:
+Load: `--clients` concurrent clients (asyncio tasks, one keep-alive connection each) send
+requests back to back for `--seconds` on each endpoint in turn:
 
     health  GET /api/v1/health                                     no auth, no database: the floor
     run     GET /api/v1/runs/{id}                                  token lookup + one row
     trace   GET /api/v1/runs/{id}/trace?metrics=loss&max_points=1000   100k-row read + downsample
 
-Latency is per request as the client sees it (queueing in the server included). Client and
-server share the machine's cores, so the figures are a floor for a dedicated server.
+Latency is per request as the client sees it (queueing in the server included). The client is
+a minimal HTTP/1.1 speaker (~0.1 ms of CPU a request): httpx's AsyncClient (`--client httpx`)
+costs ~4 ms a request with 50 connections, more than the server, and then the bench measures
+the client. CPU per request of the server (its processes) and of the client come from /proc:
+on a shared machine they are steadier than the rates. Client, server and PostgreSQL share the
+machine's cores, so the rates are a floor for a dedicated server.
 
-    python bench/api.py                    # about 45 s
-    python bench/api.py --clients 10 --seconds 5
+    python bench/api.py                    # about 40 s
+    python bench/api.py --clients 10 --seconds 5 --workers 2
 """
 
 from __future__ import annotations
@@ -232,10 +236,10 @@ async def hammer(name: str, base: str, path: str, token: str, args: argparse.Nam
 
 
 def measure(pid: int, name: str, base: str, path: str, token: str, args: argparse.Namespace) -> Result:
-    server_before, client_before = cpu_seconds(pid), cpu_seconds(os.getpid())
+    server_before, client_before = cpu_seconds(pid), time.process_time()
     result = asyncio.run(hammer(name, base, path, token, args))
     result.server_cpu = cpu_seconds(pid) - server_before
-    result.client_cpu = cpu_seconds(os.getpid()) - client_before
+    result.client_cpu = time.process_time() - client_before
     return result
 
 

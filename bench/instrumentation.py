@@ -65,10 +65,10 @@ from eos_core.data import Dataset, load_dataset
 from eos_core.models import build_model
 from eos_core.sharpness import EigenPair, SharpnessTracker, lanczos_top
 from eos_core.spec import RunSpec
-from eos_core.train import RunResult, train
+from eos_core.training import RunResult, train
 
-# `eos_core.train` the attribute is the function (the package re-exports it): fetch the module itself.
-eos_train = importlib.import_module("eos_core.train")
+# The training loop lives in eos_core.training (the package exports its `train` function).
+eos_train = importlib.import_module("eos_core.training")
 
 MODES = ("bare", "off", "light", "full")
 TARGETS = {"off": 1.1, "full": 3.0}

@@ -187,10 +187,10 @@ def serve(
     port: Annotated[int, typer.Option(help="port")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Run the REST API (and the dashboard) with uvicorn."""
-    import uvicorn
+    """Run the REST API with uvicorn (settings from EOS_* variables; OpenAPI at /docs)."""
+    from api.__main__ import serve as serve_api
 
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+    serve_api(host, port, workers)
 
 
 @app.command()

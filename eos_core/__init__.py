@@ -6,10 +6,26 @@
 This package imports no web, database or queue library.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .analysis import analyze
 from .spec import DatasetSpec, InstrumentSpec, ModelSpec, OptimizerSpec, RunSpec
 from .trace import COLUMNS, METRICS
-from .train import RunResult, StopTraining, train
+
+if TYPE_CHECKING:
+    from .training import RunResult, StopTraining, train
+
+_LAZY = {"RunResult", "StopTraining", "train"}
+
+
+def __getattr__(name: str) -> Any:
+    """The training loop (and torch) load on first use: the API and store never pay for them."""
+    if name in _LAZY:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'eos_core' has no attribute {name!r}")
+
 
 __all__ = [
     "COLUMNS",

@@ -166,10 +166,12 @@ def list_experiments(
         stmt = stmt.where(Experiment.name.contains(name))
     if status is not None:
         stmt = stmt.where(Experiment.runs.any(Run.status == status))
-    experiments = list(session.scalars(stmt.order_by(Experiment.id.desc())))
-    if tag is not None:  # JSON containment differs across backends; tags lists are short
-        experiments = [e for e in experiments if tag in (e.tags or [])]
-    return experiments[offset : offset + limit], len(experiments)
+    stmt = stmt.options(selectinload(Experiment.owner)).order_by(Experiment.id.desc())
+    if tag is not None:  # JSON containment differs across backends; filter the (short) tag lists here
+        tagged = [e for e in session.scalars(stmt) if tag in (e.tags or [])]
+        return tagged[offset : offset + limit], len(tagged)
+    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    return list(session.scalars(stmt.limit(limit).offset(offset))), int(total)
 
 
 def get_run(*, session: Session, run_id: int, for_update: bool = False) -> Run:
@@ -197,6 +199,30 @@ def run_owner(*, session: Session, run: Run) -> User:
     ).one()
 
 
+def delete_run(*, session: Session, run: Run) -> None:
+    """Queued and finished runs go at once (events and trace cascade); running ones must be
+    cancelled first, so a worker never writes into a row that is gone."""
+    if run.status == "running":
+        raise Conflict(
+            f"run {run.id} is running: cancel it first (POST /api/v1/runs/{run.id}/cancel), "
+            "then delete it once it has stopped"
+        )
+    session.delete(run)
+    session.flush()
+
+
+def delete_experiment(*, session: Session, experiment: Experiment) -> None:
+    """`experiment` must have its runs loaded (get_experiment(..., with_runs=True))."""
+    running = [run.id for run in experiment.runs if run.status == "running"]
+    if running:
+        raise Conflict(
+            f"experiment {experiment.id} has running runs {running}: cancel them first "
+            "(POST /api/v1/runs/{id}/cancel), then delete it once they have stopped"
+        )
+    session.delete(experiment)
+    session.flush()
+
+
 # --- run life cycle ---------------------------------------------------------------------
 
 
@@ -212,7 +238,10 @@ def claim_run(*, session: Session, run_id: int, worker: str, stale_after: timede
     a fresh heartbeat): a redelivered or duplicated message is then harmless. The row lock
     makes two workers racing for one run take turns.
     """
-    run = get_run(session=session, run_id=run_id, for_update=True)
+    try:
+        run = get_run(session=session, run_id=run_id, for_update=True)
+    except NotFound:
+        return None  # deleted while its message waited: nothing to do
     if run.status in FINISHED:
         return None
     if run.cancel_requested:

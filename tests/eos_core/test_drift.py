@@ -9,7 +9,7 @@ from eos_core import RunSpec, train
 from eos_core.data import load_dataset
 from eos_core.drift import DriftEstimator, control_variate_mean
 from eos_core.sampling import BatchSampler
-from eos_core.train import build_objective
+from eos_core.training import build_objective
 
 DATA = {"kind": "gaussian_mixture", "classes": 3, "per_class": 15, "dim": 5, "separation": 1.0}
 

@@ -10,7 +10,7 @@ from torch.func import hessian
 from eos_core import RunSpec, train
 from eos_core.data import load_dataset
 from eos_core.sharpness import SharpnessTracker, lanczos_top
-from eos_core.train import build_objective
+from eos_core.training import build_objective
 
 SMALL_DATA = {"kind": "gaussian_mixture", "classes": 3, "per_class": 10, "dim": 4, "separation": 1.0}
 MODELS = {

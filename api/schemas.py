@@ -1,0 +1,163 @@
+"""Request and response schemas. Built from ORM rows with `from_attributes`; never ORM classes themselves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.models import RUN_STATUSES
+
+RunStatus = Literal["queued", "running", "completed", "diverged", "failed", "cancelled"]
+assert get_args(RunStatus) == RUN_STATUSES, "RunStatus must list store.models.RUN_STATUSES"
+
+Responses = dict[int | str, dict[str, Any]]  # extra OpenAPI responses of a route
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class ExperimentCreate(BaseModel):
+    """One run spec, or a grid over it: `sweep` maps dotted spec paths to the values to try."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "spec": {"model": {"kind": "two_layer"}, "optimizer": {"lr": 1.0, "steps": 2000}},
+                    "sweep": {"optimizer.lr": [0.5, 1.0, 2.0], "optimizer.batch_size": [8, 32]},
+                    "name": "lr-batch grid",
+                    "tags": ["two_layer"],
+                }
+            ]
+        },
+    )
+
+    spec: dict[str, Any] = Field(description="a RunSpec as JSON; omitted fields take their defaults")
+    sweep: dict[str, list[Any]] | None = Field(
+        None, description="dotted spec path -> values; the experiment gets one run per grid cell"
+    )
+    name: str | None = Field(None, min_length=1, max_length=200, description="defaults to spec.name")
+    tags: list[str] = Field(default_factory=list, max_length=50, description="free labels, filterable")
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class RunTimings(BaseModel):
+    created_at: datetime
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunPublic(_FromRow):
+    id: int
+    experiment_id: int
+    name: str = Field(description="spec.name: the base name with the swept values of this cell")
+    params: dict[str, Any] = Field(description="the swept values of this cell (dotted path -> value)")
+    status: RunStatus
+    queue: str
+    progress: float
+    step: int
+    steps: int
+    attempts: int
+    worker: str | None
+    cancel_requested: bool
+    spec: dict[str, Any] = Field(description="the expanded, validated spec this run trains")
+    timings: RunTimings
+    summary: dict[str, Any] | None
+    dataset_info: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+
+
+class RunsPublic(BaseModel):
+    items: list[RunPublic]
+    total: int
+
+
+class ExperimentPublic(_FromRow):
+    id: int
+    name: str
+    owner: str
+    tags: list[str]
+    spec: dict[str, Any]
+    sweep: dict[str, Any]
+    created_at: datetime
+    runs: list[RunPublic] | None = Field(None, description="present on GET /experiments/{id} and on creation")
+
+
+class ExperimentsPublic(BaseModel):
+    items: list[ExperimentPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventPublic(_FromRow):
+    id: int
+    run_id: int
+    kind: str
+    step: int | None
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class EventsPublic(BaseModel):
+    items: list[EventPublic]
+    total: int
+
+
+Column = list[float | None]
+
+
+class TracePublic(BaseModel):
+    """Columns of equal length; per metric the bucket value and its min/max. NaN and inf are null."""
+
+    run_id: int
+    metrics: list[str]
+    points: int = Field(description="length of every column")
+    step: list[int] = Field(description="the (first) step of each point")
+    columns: dict[str, Column] = Field(description="metric, metric_min, metric_max for each requested metric")
+
+
+class CompareRun(BaseModel):
+    id: int
+    experiment_id: int
+    name: str
+    status: str
+    params: dict[str, Any]
+    summary: dict[str, Any] | None
+
+
+class CompareSeries(BaseModel):
+    run_id: int
+    columns: dict[str, Column] = Field(description="metric -> value at each grid step (null outside the run)")
+
+
+class ComparePublic(BaseModel):
+    runs: list[CompareRun]
+    metrics: list[str]
+    step: list[int] = Field(description="the common step grid every series is aligned to")
+    series: list[CompareSeries]
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    broker: str
