@@ -1,0 +1,43 @@
+"""docker-compose.yml: there is no Docker engine here, so check what can be checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.main import get_command
+
+from eos_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _services() -> dict[str, dict[str, object]]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_compose_has_the_cluster_services() -> None:
+    services = _services()
+    assert {"postgres", "redis", "api", "worker-gpu", "flower"} <= set(services)
+    gpu = services["worker-gpu"]
+    assert gpu["command"] == ["eos", "worker", "--queue", "gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]  # type: ignore[index]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_every_eos_command_in_compose_exists() -> None:
+    commands = set(get_command(app).commands)  # type: ignore[attr-defined]
+    for name, service in _services().items():
+        command = service.get("command")
+        if isinstance(command, list) and command[0] == "eos":
+            assert command[1] in commands, (name, command)
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_compose_file_validates() -> None:
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
