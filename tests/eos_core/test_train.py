@@ -152,28 +152,17 @@ def test_cuda_matches_cpu_in_float64() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_full_batch_drift_is_exact_and_measuring_keeps_the_loss() -> None:
-    spec = _spec(
-        device="cuda",
-        dtype="float64",
-        optimizer__batch_size=80,
-        optimizer__sampler="without_replacement",
-        optimizer__lr=500.0,
-        optimizer__steps=40,
-    )
-    trace = train(spec).trace
+    gd: dict[str, object] = {
+        "device": "cuda",
+        "dtype": "float64",
+        "optimizer__batch_size": 80,
+        "optimizer__sampler": "without_replacement",
+        "optimizer__lr": 500.0,
+        "optimizer__steps": 40,
+    }
+    trace = train(_spec(**gd)).trace
     np.testing.assert_allclose(trace["drift"][:-1], np.diff(trace["loss"]), rtol=1e-9, atol=1e-13)
-    off = train(
-        _spec(
-            device="cuda",
-            dtype="float64",
-            optimizer__batch_size=80,
-            optimizer__sampler="without_replacement",
-            optimizer__lr=500.0,
-            optimizer__steps=40,
-            instrument__drift_samples=0,
-            instrument__sharpness_every=0,
-        )
-    )
+    off = train(_spec(**gd, instrument__drift_samples=0, instrument__sharpness_every=0))
     np.testing.assert_allclose(off.trace["loss"], trace["loss"], rtol=1e-12)
 
 
