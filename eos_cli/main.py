@@ -134,23 +134,6 @@ def _row(run: Any) -> dict[str, Any]:
     return {"id": run.id, "params": run.params, "status": run.status, "summary": run.summary}
 
 
-@app.command()
-def runs(experiment: Annotated[int, typer.Argument(help="experiment id")], db: DbOption = None) -> None:
-    """The runs of an experiment in the store, with their summaries."""
-    from store import queries
-    from store.db import make_engine, session_factory, verify_schema
-
-    engine = make_engine(_database_url(db))
-    verify_schema(engine)
-    with session_factory(engine).begin() as session:
-        try:
-            queries.get_experiment(session=session, experiment_id=experiment)
-        except queries.NotFound as exc:
-            _fail(str(exc))
-        rows = [_row(r) for r in queries.list_runs(session=session, experiment_id=experiment)]
-    print_runs(rows, title=f"experiment {experiment}", console=console)
-
-
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Apply the Alembic migrations up to the head revision."""
@@ -243,6 +226,11 @@ def reaper(
         if once:
             return
         time.sleep(settings.reap_every)
+
+
+from .client_commands import register  # noqa: E402  (the client commands: submit, status, watch, runs, ...)
+
+register(app)
 
 
 def main() -> None:

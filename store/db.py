@@ -39,17 +39,22 @@ def database_url() -> str:
     return f"sqlite:///{path}"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for a PostgreSQL (psycopg 3) or SQLite URL; extra kwargs go to create_engine."""
+def make_engine(url: str, *, sqlite_begin: str = "BEGIN", **kwargs: Any) -> Engine:
+    """An engine for a PostgreSQL (psycopg 3) or SQLite URL; extra kwargs go to create_engine.
+
+    `sqlite_begin="BEGIN IMMEDIATE"` takes SQLite's write lock when a transaction starts: for
+    a file that several threads write at once (the embedded client), where a deferred
+    transaction that reads and then writes after another commit fails with "database is locked".
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)  # workers hold connections across long runs
     return create_engine(url, **kwargs)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, begin: str) -> None:
     """Foreign keys and WAL on every connection, and transactions SQLAlchemy controls.
 
     pysqlite's own transaction handling opens transactions late and breaks SAVEPOINT, so it
@@ -68,7 +73,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql(begin)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,0 +1,190 @@
+"""The embedded store: the very FastAPI app of `eos serve`, in this process, over the SQLite file.
+
+`LocalStore.open(db)` upgrades the database, issues a token to the embedded `local` user, and
+builds the app with an `enqueue` that trains runs one at a time in a background thread (the
+body of the Celery task, worker.runner.execute_run). The client talks to it through an httpx
+transport that calls the ASGI app on an event loop of its own, so every request and every
+error takes the same path as against a server.
+
+The server-side packages (api, store, worker, and torch through eos_core) are imported here
+only: a client of a remote server never loads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import EosError
+
+log = logging.getLogger(__name__)
+
+BASE_URL = "http://eos.local"  # what the in-process app is addressed as
+HEARTBEAT_SECONDS = 0.5  # progress (and cancellation) is seen at least this often
+SQLITE_BUSY_SECONDS = 60.0  # a transaction waits this long for another's write lock
+
+
+def database_url(db: str | Path | None) -> str:
+    """A URL from `db` (an SQLite file or a URL); None means EOS_DATABASE_URL or ~/.eos/eos.sqlite."""
+    from store.db import database_url as default_url
+
+    if db is None:
+        return default_url()
+    text = str(db)
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def local_engine(url: str) -> Engine:
+    """An engine for the embedded store; on SQLite every transaction starts with BEGIN IMMEDIATE.
+
+    Here the API and the training thread write to one file concurrently. A deferred transaction
+    that reads, then writes after another connection committed, fails at once with "database is
+    locked" (SQLite cannot upgrade a stale snapshot, and the busy timeout does not apply), so a
+    heartbeat landing during a submit would fail one of them. Taking the write lock at BEGIN makes
+    them wait their turn instead.
+    """
+    from store.db import make_engine
+
+    if not url.startswith("sqlite"):
+        return make_engine(url)
+    return make_engine(url, sqlite_begin="BEGIN IMMEDIATE", connect_args={"timeout": SQLITE_BUSY_SECONDS})
+
+
+class AsgiBridge(httpx.BaseTransport):
+    """A synchronous httpx transport into an ASGI app that runs on an event loop in its own thread."""
+
+    def __init__(self, app: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="eos-local-api", daemon=True)
+        self._thread.start()
+        self._inner = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a crash is a 500, as on a server
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+        return asyncio.run_coroutine_threadsafe(self._send(inner), self._loop).result()
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        content = await response.aread()
+        return httpx.Response(response.status_code, headers=response.headers, content=content, request=request)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class LocalRunner:
+    """The app's `enqueue`: trains runs one at a time in a background thread, as one worker would."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._pending: set[int] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, run_ids: Iterable[int]) -> None:
+        with self._lock:
+            new = [i for i in run_ids if i not in self._pending]
+            self._pending.update(new)
+            if new and self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="eos-local-runs", daemon=True)
+                self._thread.start()
+        for run_id in new:
+            self._queue.put(run_id)
+
+    @property
+    def pending(self) -> list[int]:
+        """Runs handed to this runner and not finished yet."""
+        with self._lock:
+            return sorted(self._pending)
+
+    def _work(self) -> None:
+        from worker.runner import execute_run
+
+        while (run_id := self._queue.get()) is not None:
+            try:
+                execute_run(run_id, self._sessions, heartbeat_seconds=HEARTBEAT_SECONDS)
+            except Exception:  # execute_run records a failed run itself; this is the store failing
+                log.exception("local run %s could not be executed", run_id)
+            finally:
+                with self._lock:
+                    self._pending.discard(run_id)
+
+    def stop(self) -> None:
+        """Finish what is queued (cancel it first to make that quick), then end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+@dataclass
+class LocalStore:
+    """Everything the embedded mode holds: the engine, the runner, the app's transport and the token."""
+
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+    runner: LocalRunner
+    transport: AsgiBridge
+    token: str
+
+    @classmethod
+    def open(cls, db: str | Path | None = None) -> LocalStore:
+        from api.app import create_app
+        from api.settings import ApiSettings
+        from store.db import session_factory
+
+        url = database_url(db)
+        engine = local_engine(url)
+        _prepare(engine, url)
+        sessions = session_factory(engine)
+        token = _issue_local_token(sessions)
+        runner = LocalRunner(sessions)
+        app = create_app(ApiSettings(database_url=url), sessions, enqueue=runner)
+        return cls(url, engine, sessions, runner, AsgiBridge(app), token)
+
+    def close(self) -> None:
+        from store.models import ApiToken
+        from store.queries import hash_token
+
+        self.runner.stop()
+        self.transport.close()
+        with self.sessions.begin() as session:
+            session.execute(delete(ApiToken).where(ApiToken.token_hash == hash_token(self.token)))
+        self.engine.dispose()
+
+
+def _prepare(engine: Engine, url: str) -> None:
+    """Upgrade an SQLite store (it is ours); a shared database must already be at head (`eos db upgrade`)."""
+    from store.db import SchemaOutdated, upgrade, verify_schema
+
+    try:
+        if url.startswith("sqlite"):
+            upgrade(engine)
+        verify_schema(engine)
+    except SchemaOutdated as exc:
+        engine.dispose()
+        raise EosError(str(exc)) from None
+
+
+def _issue_local_token(sessions: sessionmaker[Session]) -> str:
+    from store import queries
+
+    with sessions.begin() as session:
+        return queries.issue_token(session=session, user=queries.local_user(session=session))
