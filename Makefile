@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[dev]'
+	# Debian's Chromium for the dashboard's browser tests (never `playwright install`: no downloads here)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "chromium not installed: the dashboard browser tests will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import SchemaOutdated, database_url, make_engine, session_factory, verify_schema
 
-from . import errors
+from . import dashboard, errors
 from .deps import Enqueue
 from .limits import BodySizeLimit
 from .routes import experiments, health, runs, traces
@@ -96,4 +96,5 @@ def create_app(
     errors.install(app)
     for module in (experiments, runs, traces, health):
         app.include_router(module.router, prefix=PREFIX)
+    app.include_router(dashboard.router)  # the HTML pages at /, calling the API above
     return app
