@@ -47,7 +47,11 @@ def _database_url(db: str | None) -> str:
 
     if db is None:
         return database_url()
-    return db if "://" in db else f"sqlite:///{Path(db).expanduser().resolve()}"
+    if "://" in db:
+        return db
+    path = Path(db).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)  # `--db out/new.sqlite` in a fresh checkout
+    return f"sqlite:///{path}"
 
 
 def parse_sweep(items: list[str]) -> dict[str, list[Any]]:
@@ -231,6 +235,10 @@ def reaper(
 from .client_commands import register  # noqa: E402  (the client commands: submit, status, watch, runs, ...)
 
 register(app)
+
+from .figures import register as register_figures  # noqa: E402  (eos figures paper)
+
+register_figures(app)
 
 
 def main() -> None:

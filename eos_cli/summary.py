@@ -43,6 +43,6 @@ def runs_table(rows: Iterable[dict[str, Any]], title: str = "runs") -> Table:
 
 def print_runs(rows: Iterable[dict[str, Any]], title: str = "runs", console: Console | None = None) -> None:
     console = console or Console()
-    # Piped output (a log, CI) would be squeezed to 80 columns: give the table room.
-    width = None if console.is_terminal else 140
-    console.print(runs_table(rows, title), width=width)
+    if not console.is_terminal:  # piped output (a log, CI) would be squeezed to 80 columns
+        console = Console(file=console.file, width=140)
+    console.print(runs_table(rows, title))

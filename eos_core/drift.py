@@ -84,13 +84,16 @@ class DriftEstimator:
         self._all_batches = sampler.enumerate_all() if self.exact else None
 
     def _evaluate(
-        self, theta: torch.Tensor, batches: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor
+        self, theta: torch.Tensor, batches: torch.Tensor, grad_l: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device = theta.device
         g = self.objective.batch_grads(batches.to(device))(theta)  # (K, P)
         lr = self.objective.lr
-        after = self.objective.eval_losses(theta.unsqueeze(0) - lr * g)  # (K,)
-        y = after - loss
+        # L(theta) is evaluated again in the same batched call as the K losses after a step: the
+        # same kernels round the same way, so at tiny losses (1e-9 in float32) their difference
+        # is the drift and not the rounding gap between two differently computed losses.
+        losses = self.objective.eval_losses(torch.cat([theta.unsqueeze(0), theta.unsqueeze(0) - lr * g]))
+        y = losses[1:].double() - losses[0].double()
         c = -lr * (g @ grad_l)
         return y, c, g
 
@@ -98,7 +101,7 @@ class DriftEstimator:
         lr = self.objective.lr
         c_mean = -lr * float(torch.dot(grad_l, grad_l).double())
         if self._all_batches is not None:
-            y, c, g = self._evaluate(theta, self._all_batches, loss, grad_l)
+            y, c, g = self._evaluate(theta, self._all_batches, grad_l)
             if not bool(torch.isfinite(y).all()):
                 return _overflowed(y, g)
             d = float(y.double().mean())
@@ -108,7 +111,7 @@ class DriftEstimator:
         drawn, chunk = 0, self.samples
         while True:
             batches = self.sampler.draw(chunk, self.generator)
-            y, c, g = self._evaluate(theta, batches, loss, grad_l)
+            y, c, g = self._evaluate(theta, batches, grad_l)
             if not bool(torch.isfinite(y).all()):
                 return _overflowed(y, g)  # a step so large the loss after it overflows
             ys.append(y)
