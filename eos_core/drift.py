@@ -94,7 +94,7 @@ class DriftEstimator:
         # is the drift and not the rounding gap between two differently computed losses.
         losses = self.objective.eval_losses(torch.cat([theta.unsqueeze(0), theta.unsqueeze(0) - lr * g]))
         y = losses[1:].double() - losses[0].double()
-        c = -lr * (g @ grad_l)
+        c = -lr * (g.double() @ grad_l.double())  # float64: the products underflow at tiny losses
         return y, c, g
 
     def __call__(self, theta: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
@@ -135,6 +135,8 @@ def _overflowed(y: torch.Tensor, grads: torch.Tensor) -> DriftEstimate:
 def _probability_nonpositive(mean: float, se: float) -> float:
     if not math.isfinite(mean):
         return 0.0 if mean > 0 or math.isnan(mean) else 1.0
-    if se <= 0 or not math.isfinite(se):
+    if not math.isfinite(se):
+        return 0.5  # too few batches to estimate an error: undecided, not a confident sign
+    if se <= 0:
         return 1.0 if mean <= 0 else 0.0
     return 0.5 * math.erfc(mean / (se * math.sqrt(2.0)))  # Phi(-mean / se)

@@ -114,20 +114,41 @@ class Objective:
         return hvp
 
     def eval_quadratic_forms(self, theta: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """v_b^T H v_b for each row of `vectors` (K, P) -> (K,)."""
+        """v_b^T H v_b for each row of `vectors` (K, P) -> (K,), in float64.
+
+        Taken as ||v||^2 (u^T H u) with u = v / ||v||: at small float32 losses ||v||^2 itself
+        underflows, while the direction and the curvature along it are well scaled.
+        """
         hvp = self._eval_hvp_functional(theta)
         chunk = self._chunk(len(self.x_eval))
-        return vmap(lambda v: torch.dot(v, hvp(v)), chunk_size=chunk)(vectors)
+
+        def form(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            u, scale, length = _unit(v)
+            return torch.dot(u, hvp(u)), scale, length
+
+        curvature, scale, length = vmap(form, chunk_size=chunk)(vectors)
+        return curvature.double() * (scale.double() * length.double()) ** 2
 
     def batch_sharpness_terms(self, theta: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
-        """g_b^T H_b g_b / ||g_b||^2 with gradient and Hessian on the same batch b, (K,)."""
+        """g_b^T H_b g_b / ||g_b||^2 with gradient and Hessian on the same batch b, (K,).
+
+        Computed as u^T H_b u with u = g_b / ||g_b||, which stays finite where ||g_b||^2
+        underflows in float32.
+        """
 
         def one(idx: torch.Tensor) -> torch.Tensor:
             def loss(th: torch.Tensor) -> torch.Tensor:
                 return self.batch_loss(th, idx)
 
-            g = grad(loss)(theta)
-            hg = jvp(grad(loss), (theta,), (g,))[1]
-            return torch.dot(g, hg) / torch.dot(g, g)
+            u, _, _ = _unit(grad(loss)(theta))
+            return torch.dot(u, jvp(grad(loss), (theta,), (u,))[1])
 
         return vmap(one, chunk_size=self._chunk(batches.shape[1]))(batches)
+
+
+def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(v / ||v||, s, ||v / s||) with s = max |v_i|: v = s ||v / s|| u without under- or overflow."""
+    scale = v.abs().amax()
+    scaled = v / scale
+    length = torch.linalg.vector_norm(scaled)
+    return scaled / length, scale, length

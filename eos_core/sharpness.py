@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+WARM_MIN_ITER = 4
+
 
 @dataclass
 class EigenPair:
@@ -28,6 +30,7 @@ def lanczos_top(
     start: torch.Tensor,
     tol: float = 1e-4,
     max_iter: int = 100,
+    min_iter: int = 1,
 ) -> EigenPair:
     """Largest eigenpair of the symmetric operator `hvp`, to relative residual `tol`."""
     size = start.numel()
@@ -54,7 +57,7 @@ def lanczos_top(
         # H V s - value V s = beta * s_last * v_{j+1}: the residual without another product.
         residual = abs(beta * ritz[-1])
         scale = max(abs(value), float(np.abs(evals).max()), 1e-30)
-        if residual <= tol * scale or beta <= 1e-12 * scale or j + 1 == steps:
+        if beta <= 1e-12 * scale or j + 1 == steps or (residual <= tol * scale and j + 1 >= min_iter):
             break
         betas.append(beta)
         basis[j + 1] = w / beta
@@ -72,11 +75,18 @@ class SharpnessTracker:
         self.previous: torch.Tensor | None = None
 
     def __call__(self, hvp: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> EigenPair:
+        noise = torch.randn(like.shape, generator=self.generator, dtype=torch.float64).to(like)
         if self.previous is None:
-            start = torch.randn(like.shape, generator=self.generator, dtype=torch.float64).to(like)
+            start = noise
         else:
-            start = self.previous
-        pair = lanczos_top(hvp, start, self.tol, self.max_iter)
+            # The previous vector plus a random part well above the tolerance: a start with
+            # (almost) no component along a new top eigenvector could otherwise stop at the
+            # second eigenvalue with a small residual; the random part must be resolved first.
+            scale = max(10 * self.tol, 1e-3) * float(torch.linalg.vector_norm(self.previous))
+            start = self.previous + scale * noise / torch.linalg.vector_norm(noise)
+        # A few steps at least let a small component along a new top direction grow before
+        # a converged-looking second eigenpair could stop the iteration.
+        pair = lanczos_top(hvp, start, self.tol, self.max_iter, min_iter=WARM_MIN_ITER)
         if torch.isfinite(pair.vector).all():
             self.previous = pair.vector
         return pair

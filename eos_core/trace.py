@@ -39,8 +39,10 @@ class TraceRecorder:
     """Preallocated columns filled row by row; full chunks are handed to the sink as they close."""
 
     def __init__(self, capacity: int, chunk_rows: int, sink: Sink | None) -> None:
-        self.columns: Trace = {name: np.full(capacity, np.nan) for name in METRICS}
-        self.columns["step"] = np.zeros(capacity, dtype=np.int64)
+        # Start small and grow: a spec asking for 1e11 steps must not allocate them up front.
+        self.capacity = capacity
+        self.columns: Trace = {name: np.full(min(capacity, 65536), np.nan) for name in METRICS}
+        self.columns["step"] = np.zeros(min(capacity, 65536), dtype=np.int64)
         self.rows = 0
         self.flushed = 0
         self.chunk_rows = chunk_rows
@@ -48,9 +50,18 @@ class TraceRecorder:
 
     def new_row(self, step: int) -> int:
         row = self.rows
+        if row == len(self.columns["step"]):
+            self._grow()
         self.columns["step"][row] = step
         self.rows += 1
         return row
+
+    def _grow(self) -> None:
+        size = len(self.columns["step"]) * 2
+        for name, column in self.columns.items():
+            grown = np.zeros(size, dtype=column.dtype) if name == "step" else np.full(size, np.nan)
+            grown[: len(column)] = column
+            self.columns[name] = grown
 
     def set(self, row: int, **values: float) -> None:
         for name, value in values.items():

@@ -153,7 +153,7 @@ class _Instruments:
                 pick = torch.randperm(len(grads), generator=self.generator)[:QUAD_DRIFT_MAX_BATCHES]
                 grads = grads[pick.to(grads.device)]
             forms = obj.eval_quadratic_forms(theta, grads)
-            row["quad_drift"] = -lr * grad_sq + 0.5 * lr * lr * float(forms.double().mean())
+            row["quad_drift"] = -lr * grad_sq + 0.5 * lr * lr * float(forms.mean())
         return row
 
 
@@ -182,7 +182,8 @@ def train(
     steps, every = spec.optimizer.steps, spec.instrument.every
     recorder = TraceRecorder(steps // every + 3, spec.instrument.chunk_rows, sink)
     status, lr = "completed", objective.lr
-    report_every = max(1, steps // 200)
+    # Often enough that a worker's heartbeat never waits on a long run's cadence.
+    report_every = max(1, min(steps // 200, 50))
     loop_started = time.perf_counter()
     try:
         for t in range(steps + 1):
@@ -218,6 +219,8 @@ def train(
         recorder.flush(force=True)
     except StopTraining:
         status = "stopped"
+        if sink is not None:  # the result is what the sink received, so a stored run and its summary agree
+            recorder.rows = recorder.flushed
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     loop_seconds = time.perf_counter() - loop_started

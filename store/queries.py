@@ -33,6 +33,11 @@ class QuotaExceeded(RuntimeError):
     """The user would exceed a limit (queued runs)."""
 
 
+class LostOwnership(RuntimeError):
+    """This attempt no longer owns the run (the reaper requeued it, another worker claimed it):
+    it must stop writing at once."""
+
+
 # --- users and tokens -------------------------------------------------------------------
 
 
@@ -266,12 +271,37 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def heartbeat(*, session: Session, run_id: int, step: int, steps: int) -> bool:
-    """Record progress; returns True when a cancellation was requested."""
-    session.execute(
-        update(Run).where(Run.id == run_id).values(step=step, progress=step / max(steps, 1), heartbeat_at=utcnow())
+def heartbeat(*, session: Session, run_id: int, attempt: int, step: int, steps: int) -> bool:
+    """Record progress for attempt `attempt`; returns True when a cancellation was requested.
+
+    Fenced: only the attempt that holds the run (status running, same attempt number) may
+    beat. Any other raises LostOwnership, and the row lock taken here stays held until the
+    caller's transaction ends, so trace rows written in the same transaction are this
+    attempt's alone.
+    """
+    stmt = (
+        update(Run)
+        .where(Run.id == run_id, Run.attempts == attempt, Run.status == "running")
+        .values(step=step, progress=step / max(steps, 1), heartbeat_at=utcnow())
+        .returning(Run.cancel_requested)
     )
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+    cancel = session.execute(stmt).scalar_one_or_none()
+    if cancel is None:
+        raise LostOwnership(f"run {run_id}: attempt {attempt} no longer owns it")
+    return bool(cancel)
+
+
+def owned_run(*, session: Session, run_id: int, attempt: int) -> Run:
+    """The run, locked, if attempt `attempt` still holds it; else LostOwnership."""
+    try:
+        run = get_run(session=session, run_id=run_id, for_update=True)
+    except NotFound as exc:
+        raise LostOwnership(f"run {run_id} was deleted") from exc
+    if run.attempts != attempt or run.status != "running":
+        raise LostOwnership(
+            f"run {run_id}: attempt {attempt} no longer owns it (now {run.status}, attempt {run.attempts})"
+        )
+    return run
 
 
 def finish_run(
@@ -308,10 +338,21 @@ def request_cancel(*, session: Session, run: Run) -> None:
 def stale_runs(*, session: Session, heartbeat_timeout: timedelta, queue_timeout: timedelta) -> list[Run]:
     """Running runs whose heartbeat went stale, and queued runs whose message may be lost."""
     now = utcnow()
-    running = select(Run).where(Run.status == "running", Run.heartbeat_at < now - heartbeat_timeout)
-    queued = select(Run).where(
-        Run.status == "queued",
-        (Run.enqueued_at.is_(None) & (Run.created_at < now - queue_timeout)) | (Run.enqueued_at < now - queue_timeout),
+    # Row locks (skipping rows a worker holds): PostgreSQL re-checks the condition once locked,
+    # so a run claimed or beating meanwhile drops out instead of being requeued under it.
+    running = (
+        select(Run)
+        .where(Run.status == "running", Run.heartbeat_at < now - heartbeat_timeout)
+        .with_for_update(skip_locked=True)
+    )
+    queued = (
+        select(Run)
+        .where(
+            Run.status == "queued",
+            (Run.enqueued_at.is_(None) & (Run.created_at < now - queue_timeout))
+            | (Run.enqueued_at < now - queue_timeout),
+        )
+        .with_for_update(skip_locked=True)
     )
     return list(session.scalars(running)) + list(session.scalars(queued))
 

@@ -33,9 +33,14 @@ Progress = Callable[[int, int], object]
 
 @dataclass
 class _StreamingSink:
-    """Buffers the engine's chunks and writes them, with a heartbeat, in their own transactions."""
+    """Buffers the engine's chunks and writes them, with a heartbeat, in their own transactions.
+
+    Every write is fenced by the attempt number: once the reaper has requeued the run or
+    another worker has claimed it, the heartbeat raises LostOwnership and nothing is written.
+    """
 
     run_id: int
+    attempt: int
     steps: int
     sessions: sessionmaker[Session]
     flush_rows: int
@@ -57,15 +62,17 @@ class _StreamingSink:
         if time.monotonic() - self.last_write >= self.heartbeat_seconds:
             self.flush()
 
-    def flush(self) -> None:
-        """Write what is buffered and beat; stop the run if a cancellation was requested."""
+    def flush(self, stop_on_cancel: bool = True) -> None:
+        """Beat and write what is buffered; stop the run if a cancellation was requested."""
         with self.sessions.begin() as session:
+            cancel = queries.heartbeat(
+                session=session, run_id=self.run_id, attempt=self.attempt, step=self.last_step, steps=self.steps
+            )
             if self.buffered:
                 merged = {name: np.concatenate([c[name] for c in self.buffered]) for name in self.buffered[0]}
                 append_trace(session=session, run_id=self.run_id, chunk=merged)
-            cancel = queries.heartbeat(session=session, run_id=self.run_id, step=self.last_step, steps=self.steps)
         self.buffered, self.rows, self.last_write = [], 0, time.monotonic()
-        if cancel:
+        if cancel and stop_on_cancel:
             raise StopTraining
 
 
@@ -88,11 +95,11 @@ def execute_run(
         run = queries.claim_run(session=session, run_id=run_id, worker=worker or worker_name(), stale_after=stale_after)
         if run is None:
             return None
-        spec_data, steps = run.spec, run.steps
+        spec_data, steps, attempt = run.spec, run.steps, run.attempts
         # A retry restarts from a clean slate: same seed, same trace, exactly one row per step.
         delete_trace(session=session, run_id=run_id)
         queries.delete_events(session=session, run_id=run_id, kinds=DERIVED_EVENTS)
-    sink = _StreamingSink(run_id, steps, sessions, flush_rows, heartbeat_seconds)
+    sink = _StreamingSink(run_id, attempt, steps, sessions, flush_rows, heartbeat_seconds)
 
     def on_progress(step: int, total: int) -> None:
         sink.progress(step, total)
@@ -101,31 +108,47 @@ def execute_run(
 
     try:
         result = train(RunSpec.model_validate(spec_data), sink=sink, progress=on_progress)
-        sink.flush()
-    except StopTraining:
-        status = "cancelled"
-        with sessions.begin() as session:
-            queries.finish_run(session=session, run=queries.get_run(session=session, run_id=run_id), status=status)
-        return status
+        # What train returned is the result, whatever was requested meanwhile: store it all.
+        sink.flush(stop_on_cancel=False)
+    except queries.LostOwnership:
+        log.warning("run %s: attempt %s lost the run to another; stopping without writing", run_id, attempt)
+        return None
     except Exception as exc:  # a failed run is a result to record, not a crash to retry
         log.exception("run %s failed", run_id)
-        with sessions.begin() as session:
-            run = queries.get_run(session=session, run_id=run_id)
-            queries.finish_run(session=session, run=run, status="failed", error=_describe(exc))
-        return "failed"
+        return _record_failure(sessions, run_id, attempt, sink, exc)
     status = "cancelled" if result.status == "stopped" else result.status
-    with sessions.begin() as session:
-        run = queries.get_run(session=session, run_id=run_id)
-        queries.finish_run(
-            session=session,
-            run=run,
-            status=status,
-            summary=_json_dict(result.summary),
-            dataset_info=_json_dict(result.dataset_info),
-        )
-        for kind, step, details in queries.summary_events(result.summary):
-            queries.add_event(session=session, run_id=run_id, kind=kind, step=step, details=details)
+    try:
+        with sessions.begin() as session:
+            run = queries.owned_run(session=session, run_id=run_id, attempt=attempt)
+            queries.finish_run(
+                session=session,
+                run=run,
+                status=status,
+                summary=_json_dict(result.summary),
+                dataset_info=_json_dict(result.dataset_info),
+            )
+            for kind, step, details in queries.summary_events(result.summary):
+                queries.add_event(session=session, run_id=run_id, kind=kind, step=step, details=details)
+    except queries.LostOwnership:
+        return None
     return status
+
+
+def _record_failure(
+    sessions: sessionmaker[Session], run_id: int, attempt: int, sink: _StreamingSink, exc: Exception
+) -> str | None:
+    """Keep the rows measured before the failure, then mark the run failed (if still ours)."""
+    try:
+        sink.flush(stop_on_cancel=False)
+    except Exception:  # the database itself may be what failed: the status matters more
+        log.exception("run %s: could not store the last rows", run_id)
+    try:
+        with sessions.begin() as session:
+            run = queries.owned_run(session=session, run_id=run_id, attempt=attempt)
+            queries.finish_run(session=session, run=run, status="failed", error=_describe(exc))
+    except queries.LostOwnership:
+        return None
+    return "failed"
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,7 +15,9 @@ class WorkerSettings(BaseSettings):
         7 * 24 * 3600, description="seconds before Redis redelivers an unacknowledged task: longer than any run"
     )
     heartbeat_seconds: float = Field(5.0, description="at most this long between heartbeats of a running run")
-    stale_seconds: float = Field(120.0, description="a running run whose heartbeat is older is presumed dead")
+    stale_seconds: float = Field(
+        600.0, description="a running run whose heartbeat is older is presumed dead (longer than one measured step)"
+    )
     queue_check_seconds: float = Field(60.0, description="a queued run older than this is checked on the broker")
     max_attempts: int = Field(3, description="attempts per run before the reaper marks it failed")
     reap_every: float = Field(30.0, description="seconds between reaper passes (Celery beat or eos reaper)")

@@ -5,13 +5,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from eos_core.trace import METRICS
 from store import queries
-from store.traces import UnknownMetric, read_trace
+from store.traces import UnknownMetric, read_trace, trace_row_count
 
 from ..alignment import common_grid, on_grid
 from ..deps import CurrentUser, SessionDep, SessionsDep
@@ -67,6 +69,19 @@ def _with_ranges(columns: dict[str, list[float | None]], names: list[str]) -> di
         columns.setdefault(f"{name}_min", columns[name])
         columns.setdefault(f"{name}_max", columns[name])
     return columns
+
+
+# Traces longer than this are read already downsampled (finer than the grid, from the stored
+# summaries) for /compare: fifty million-step traces would otherwise be gigabytes per request.
+COMPARE_FULL_ROWS = 100_000
+
+
+def _compare_trace(
+    session: Session, run_id: int, names: list[str], start: int | None, end: int | None, max_points: int
+) -> dict[str, np.ndarray]:
+    long = trace_row_count(session=session, run_id=run_id) > COMPARE_FULL_ROWS
+    fine = 8 * max_points if long else None
+    return read_trace(session=session, run_id=run_id, metrics=names, start=start, end=end, max_points=fine)
 
 
 @router.get(
@@ -128,7 +143,7 @@ def compare(
     run's steps in it, null where the run has none)."""
     ids, names = parse_ids(runs), parse_metrics(metrics) or []
     rows = [queries.get_run(session=session, run_id=i) for i in ids]
-    traces = [read_trace(session=session, run_id=i, metrics=names, start=start, end=end) for i in ids]
+    traces = [_compare_trace(session, i, names, start, end, max_points) for i in ids]
     grid = common_grid((t["step"] for t in traces), max_points)
     series = [
         CompareSeries(run_id=i, columns={n: json_column(on_grid(t["step"], t[n], grid)) for n in names})

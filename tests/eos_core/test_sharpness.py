@@ -99,3 +99,51 @@ def test_linear_sharpness_bounded_by_twice_loss_times_r_squared() -> None:
     assert np.isfinite(sharp).all() and len(sharp) == 201
     assert (sharp <= 2 * loss * r**2 * (1 + 1e-9)).all()
     assert (sharp > 0).all()
+
+
+def test_warm_start_still_finds_a_top_eigenvalue_that_overtook_the_previous_one() -> None:
+    # The previous eigenvector is e2; the top direction e1 is (almost) absent from it.
+    matrix = torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.1], dtype=torch.float64))
+    tracker = SharpnessTracker(tol=1e-4, max_iter=50, generator=torch.Generator().manual_seed(0))
+    tracker.previous = torch.tensor([1e-5, 1.0, 0.0, 0.0], dtype=torch.float64)
+    pair = tracker(lambda v: matrix @ v, torch.zeros(4, dtype=torch.float64))
+    assert abs(pair.value - 2.0) < 1e-8
+    # Without the safeguards a plain warm start stops at the second eigenvalue.
+    plain = lanczos_top(lambda v: matrix @ v, torch.tensor([1e-5, 1.0, 0.0, 0.0], dtype=torch.float64), tol=1e-4)
+    assert abs(plain.value - 1.0) < 1e-3
+
+
+def test_batch_sharpness_and_quadratic_forms_survive_tiny_float32_losses() -> None:
+    # A separating linear model scaled up until the loss is ~1e-20: ||g||^2 ~ 1e-40 underflows in float32.
+    base = {
+        "device": "cpu",
+        "dataset": {"classes": 2, "per_class": 10, "dim": 10, "separation": 4.0},
+        "optimizer": {"batch_size": 16, "lr": 50.0, "steps": 300, "sampler": "without_replacement"},
+        "instrument": {"every": 300, "drift_samples": 0, "sharpness_every": 0, "test_every": 0},
+    }
+    fitted = train(RunSpec.model_validate({**base, "dtype": "float64"}))
+    assert fitted.summary["final_acc"] == 1.0
+    results = {}
+    for dtype in ("float32", "float64"):
+        spec = RunSpec.model_validate({**base, "dtype": dtype})
+        obj = build_objective(spec, load_dataset(spec.dataset, 0), torch.device("cpu"), 0)
+        theta64 = torch.as_tensor(fitted.params, dtype=torch.float64)
+        logits = obj.model.logits(theta64, obj.x_train.double())
+        margin = float(
+            (logits[torch.arange(len(logits)), obj.y_train] - logits[torch.arange(len(logits)), 1 - obj.y_train]).min()
+        )
+        theta = (theta64 * (46.0 / margin)).to(obj.x_train.dtype)  # smallest margin 46: l ~ 1e-20
+        batches = torch.arange(8).reshape(2, 4)
+        g = obj.batch_grads(batches)(theta)
+        results[dtype] = (
+            float(obj.eval_loss(theta)),
+            obj.batch_sharpness_terms(theta, batches).double(),
+            obj.eval_quadratic_forms(theta, g),
+        )
+    loss32, sharp32, forms32 = results["float32"]
+    _, sharp64, forms64 = results["float64"]
+    assert 0 < loss32 < 1e-15
+    assert torch.isfinite(sharp32).all() and (sharp32 > 0).all()
+    torch.testing.assert_close(sharp32, sharp64, rtol=1e-3, atol=0)
+    assert (forms64 > 0).all()
+    torch.testing.assert_close(forms32, forms64, rtol=1e-2, atol=0)

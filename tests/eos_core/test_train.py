@@ -178,3 +178,16 @@ def test_cuda_tiny_losses_in_float32() -> None:
     got = per_sample_loss(z.float().cuda(), y.cuda()).double().cpu()
     assert (got > 0).all()
     assert ((got - exact).abs() / exact).max() < 1e-5
+
+
+def test_recorder_grows_instead_of_allocating_every_step_up_front() -> None:
+    from eos_core.trace import TraceRecorder
+
+    recorder = TraceRecorder(capacity=10**12, chunk_rows=256, sink=None)
+    assert len(recorder.columns["loss"]) <= 65536
+    for step in range(70000):
+        recorder.set(recorder.new_row(step), loss=float(step))
+    result = recorder.result()
+    np.testing.assert_array_equal(result["step"], np.arange(70000))
+    np.testing.assert_array_equal(result["loss"], np.arange(70000.0))
+    assert np.isnan(result["drift"]).all()

@@ -7,12 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from eos_core import RunSpec, train
+from eos_core.trace import METRICS as SPEC_METRICS
 from store import queries
-from store.traces import read_trace, trace_steps
+from store.traces import append_trace, read_trace, trace_steps
 from worker.dispatch import enqueue
 from worker.reaper import reap
 from worker.settings import WorkerSettings
@@ -148,6 +150,8 @@ def test_cancelling_a_running_run_stops_it_at_the_next_chunk(
         steps = trace_steps(session=session, run_id=run_id)
     assert 100 < len(steps) < 20001
     np.testing.assert_array_equal(steps, np.arange(len(steps)))  # what was stored is kept, in order
+    run = _run(sessions, run_id)
+    assert run.summary is not None and run.summary["last_step"] == steps[-1]  # the analysis of what ran
 
 
 def test_diverging_run_ends_as_diverged_with_its_trace(
@@ -168,3 +172,24 @@ def test_diverging_run_ends_as_diverged_with_its_trace(
     with sessions() as session:
         kinds = [e.kind for e in queries.list_events(session=session, run_id=run_id)]
     assert "divergence" in kinds
+
+
+def test_an_attempt_that_lost_the_run_can_no_longer_write(sessions: sessionmaker[Session]) -> None:
+    (run_id,) = _submit(sessions, SPEC, send=False)
+    stale = timedelta(seconds=0)
+    with sessions.begin() as session:
+        first = queries.claim_run(session=session, run_id=run_id, worker="a", stale_after=stale)
+        assert first is not None and first.attempts == 1
+    with sessions.begin() as session:  # the reaper gave up on worker a; worker b claims the run
+        second = queries.claim_run(session=session, run_id=run_id, worker="b", stale_after=stale)
+        assert second is not None and second.attempts == 2
+    chunk = {name: np.zeros(3) for name in ("step", *SPEC_METRICS)}
+    chunk["step"] = np.arange(3)
+    with pytest.raises(queries.LostOwnership), sessions.begin() as session:
+        queries.heartbeat(session=session, run_id=run_id, attempt=1, step=3, steps=400)
+        append_trace(session=session, run_id=run_id, chunk=chunk)
+    with sessions.begin() as session:
+        assert queries.heartbeat(session=session, run_id=run_id, attempt=2, step=3, steps=400) is False
+        assert len(trace_steps(session=session, run_id=run_id)) == 0
+        with pytest.raises(queries.LostOwnership):
+            queries.owned_run(session=session, run_id=run_id, attempt=1)
