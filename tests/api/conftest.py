@@ -4,42 +4,28 @@ the route's commit only releases a savepoint)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.settings import ApiSettings
 from store import queries
-from store.db import make_engine, upgrade
 from store.models import ApiToken, Event, Experiment, Run, TraceChunk, User
+from tests.postgres import database_url, fresh_engine
 
-SERVER = os.environ.get("EOS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 DATABASE = "eos_test_api"
-URL = f"{SERVER}/{DATABASE}"
-
-
-def recreate_database(name: str) -> None:
-    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
+URL = database_url(DATABASE)
 
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
-    recreate_database(DATABASE)
-    engine = make_engine(URL)
-    upgrade(engine)
+    engine = fresh_engine(DATABASE)
     yield engine
     engine.dispose()
 

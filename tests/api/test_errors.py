@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.app import create_app
 from api.settings import ApiSettings
 from store.models import User
+from tests.postgres import database_url, recreate_database
 
-from .conftest import SERVER, Api, recreate_database, small_spec
+from .conftest import Api, small_spec
 
 EXPERIMENTS = "/api/v1/experiments"
 JSON = {"Content-Type": "application/json"}
@@ -144,7 +145,7 @@ def test_ready_is_503_without_a_broker(sessions: sessionmaker[Session], settings
 
 def test_refuses_to_start_on_an_unmigrated_database(connection: Connection, settings: ApiSettings) -> None:
     recreate_database("eos_test_api_empty")
-    settings = settings.model_copy(update={"database_url": f"{SERVER}/eos_test_api_empty"})
+    settings = settings.model_copy(update={"database_url": database_url("eos_test_api_empty")})
     with (
         pytest.raises(RuntimeError, match="eos db upgrade"),
         TestClient(create_app(settings, enqueue=lambda ids: None)),

@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psycopg
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,15 +30,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from eos_core import StopTraining
 from eos_core.trace import METRICS
 from store import queries
-from store.db import make_engine, session_factory, upgrade
+from store.db import session_factory
 from store.models import User
 from store.traces import append_trace
+from tests.postgres import database_url, fresh_engine
 from worker.runner import DERIVED_EVENTS, execute_run
 
-SERVER = os.environ.get("EOS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 DATABASE = "eos_test_dashboard"
-URL = f"{SERVER}/{DATABASE}"
-ADMIN_DSN = f"{SERVER}/test".replace("postgresql+psycopg://", "postgresql://")
+URL = database_url(DATABASE)
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "out" / "screenshots"  # docs/screenshots holds copies refreshed by hand
 CHROMIUM = os.environ.get("EOS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -79,12 +77,6 @@ SPEC: dict[str, Any] = {
         "chunk_rows": 16,
     },
 }
-
-
-def recreate_database(name: str) -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
 
 
 @dataclass
@@ -155,9 +147,7 @@ def mark_completed(run_id: int, summary: dict[str, Any], sessions: sessionmaker[
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
-    recreate_database(DATABASE)
-    engine = make_engine(URL)
-    upgrade(engine)
+    engine = fresh_engine(DATABASE)
     yield engine
     engine.dispose()
 

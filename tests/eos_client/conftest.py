@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from eos_client import Client, Experiment
 from store import queries
-from store.db import make_engine, session_factory, upgrade
+from store.db import session_factory
 
-from .support import PG_URL, Server, recreate_database, running_server, tiny_spec
+from ..postgres import fresh_engine
+from .support import DATABASE, Server, running_server, tiny_spec
 
 LRS = [0.5, 2.0]
 
@@ -51,9 +52,7 @@ class Remote:
 
 @pytest.fixture(scope="session")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
-    recreate_database()
-    engine = make_engine(PG_URL)
-    upgrade(engine)
+    engine = fresh_engine(DATABASE)
     sessions = session_factory(engine)
     with sessions.begin() as session:
         tokens = {name: queries.create_user(session=session, name=name)[1] for name in ("alice", "bob")}

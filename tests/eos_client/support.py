@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
+
+from tests.postgres import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER = os.environ.get("EOS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+
 DATABASE = "eos_test_client"
-PG_URL = f"{SERVER}/{DATABASE}"
-ADMIN_DSN = f"{SERVER}/test".replace("postgresql+psycopg://", "postgresql://")
+PG_URL = database_url(DATABASE)
 # A Redis database no worker listens on: runs submitted to the test server stay queued (the tests run them).
 BROKER_URL = os.environ.get("EOS_TEST_CLIENT_BROKER_URL", "redis://127.0.0.1:6379/12")
 
@@ -55,12 +55,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def recreate_database() -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
 @dataclass

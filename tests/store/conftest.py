@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -18,21 +17,13 @@ from sqlalchemy.orm import Session
 from store.db import make_engine, upgrade
 from store.models import Experiment, Run, User
 
-from .support import ADMIN_DSN, DATABASE, PG_URL
-
-
-def recreate_database(name: str) -> None:
-    """A fresh database each session, so a changed migration is always applied from scratch."""
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
+from ..postgres import fresh_engine
+from .support import DATABASE
 
 
 @pytest.fixture(scope="session")
 def postgresql_engine() -> Iterator[Engine]:
-    recreate_database(DATABASE)
-    engine = make_engine(PG_URL)
-    upgrade(engine)
+    engine = fresh_engine(DATABASE)
     yield engine
     engine.dispose()
 

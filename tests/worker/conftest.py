@@ -14,32 +14,24 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import make_engine, session_factory, upgrade
+from store.db import session_factory
 
-ADMIN_URL = os.environ.get("EOS_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+from ..postgres import database_url, fresh_engine
+
 DB_NAME = "eos_test_worker"
-DB_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}"
+DB_URL = database_url(DB_NAME)
 BROKER_URL = os.environ.get("EOS_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _recreate_database() -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-
-
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
-    _recreate_database()
-    engine = make_engine(DB_URL)
-    upgrade(engine)
+    engine = fresh_engine(DB_NAME)
     yield engine
     engine.dispose()
 
