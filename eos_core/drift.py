@@ -97,9 +97,11 @@ class DriftEstimator:
         c = -lr * (g.double() @ grad_l.double())  # float64: the products underflow at tiny losses
         return y, c, g
 
-    def __call__(self, theta: torch.Tensor, loss: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
+    def __call__(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
+        """D(theta) given the full gradient grad_l at theta (the control variate's direction)."""
         lr = self.objective.lr
-        c_mean = -lr * float(torch.dot(grad_l, grad_l).double())
+        grad64 = grad_l.double()  # like the control variate itself: no underflow at tiny losses
+        c_mean = -lr * float(torch.dot(grad64, grad64))
         if self._all_batches is not None:
             y, c, g = self._evaluate(theta, self._all_batches, grad_l)
             if not bool(torch.isfinite(y).all()):

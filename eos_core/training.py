@@ -118,7 +118,7 @@ class _Instruments:
         }
         estimate: DriftEstimate | None = None
         if self.drift is not None and math.isfinite(loss) and step % ins.drift_every == 0:
-            estimate = self.drift(theta, state["loss"], state["grad"])
+            estimate = self.drift(theta, state["grad"])
             row.update(
                 drift=estimate.drift,
                 drift_se=estimate.se,

@@ -39,7 +39,7 @@ def test_exact_b1_drift_equals_plain_loop() -> None:
     obj, sampler, theta = _setup(lr=5.0, batch_size=1)
     est = DriftEstimator(obj, sampler, torch.Generator().manual_seed(2), "exact", 256, 0.95)
     loss, grad = _state(obj, theta)
-    result = est(theta, loss, grad)
+    result = est(theta, grad)
     # Independent computation: one autograd step per training point, no vmap.
     after = []
     for i in range(len(obj.x_train)):
@@ -55,13 +55,13 @@ def test_exact_b1_drift_equals_plain_loop() -> None:
 
 def test_monte_carlo_b1_within_four_standard_errors_of_exact() -> None:
     obj, sampler, theta = _setup(lr=5.0, batch_size=1)
-    loss, grad = _state(obj, theta)
-    exact = DriftEstimator(obj, sampler, torch.Generator().manual_seed(2), "exact", 256, 0.95)(theta, loss, grad)
+    _, grad = _state(obj, theta)
+    exact = DriftEstimator(obj, sampler, torch.Generator().manual_seed(2), "exact", 256, 0.95)(theta, grad)
     for seed in range(5):
         # 32 batches, fewer than the 36 distinct ones, so it must sample.
         mc = DriftEstimator(obj, sampler, torch.Generator().manual_seed(seed), 32, 32, 0.95)
         assert not mc.exact
-        estimate = mc(theta, loss, grad)
+        estimate = mc(theta, grad)
         assert estimate.se > 0
         assert abs(estimate.drift - exact.drift) <= 4 * estimate.se, (seed, estimate, exact.drift)
 
@@ -86,9 +86,9 @@ def test_full_batch_drift_is_next_loss_minus_this_one() -> None:
 
 def test_control_variate_reduces_variance_at_small_steps() -> None:
     obj, sampler, theta = _setup(lr=0.05, batch_size=4)
-    loss, grad = _state(obj, theta)
+    _, grad = _state(obj, theta)
     est = DriftEstimator(obj, sampler, torch.Generator().manual_seed(3), 64, 64, 0.95)
-    result = est(theta, loss, grad)
+    result = est(theta, grad)
     # At a small step the drift is nearly linear in g_b, so the control explains most of it.
     assert result.cv_variance < 0.01 * result.raw_variance
 
@@ -121,8 +121,8 @@ def test_jackknife_error_matches_explicit_leave_one_out() -> None:
 
 def test_sequential_sampling_draws_more_when_the_sign_is_unclear() -> None:
     obj, sampler, theta = _setup(lr=30.0, batch_size=4)
-    loss, grad = _state(obj, theta)
-    result = DriftEstimator(obj, sampler, torch.Generator().manual_seed(0), 4, 256, 0.95)(theta, loss, grad)
+    _, grad = _state(obj, theta)
+    result = DriftEstimator(obj, sampler, torch.Generator().manual_seed(0), 4, 256, 0.95)(theta, grad)
     # B=4 of 36 points: far too many batches to enumerate, so this samples.
     decided = abs(result.drift) > 1.96 * result.se
     assert decided or result.samples == 256
