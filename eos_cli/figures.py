@@ -648,16 +648,14 @@ def paper(
     dpi: Annotated[int, typer.Option(help="resolution of the PNGs")] = 100,
 ) -> None:
     """Run (or reuse from the store) the paper's Section 6 experiments and draw Figures 4 to 6."""
-    from store.db import make_engine, session_factory, upgrade
-
-    from .main import _database_url
+    from store.db import database_url, make_engine, session_factory, upgrade
 
     if scale not in SCALES + HIDDEN_SCALES:
         raise typer.BadParameter(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     keys = parse_only(only)
     if db is not None and "://" not in db:
         Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(_database_url(db))
+    engine = make_engine(database_url(db))
     upgrade(engine)
     sessions = session_factory(engine)
     started = time.perf_counter()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -42,41 +41,6 @@ DbOption = Annotated[
 ]
 
 
-def _database_url(db: str | None) -> str:
-    from store.db import database_url
-
-    if db is None:
-        return database_url()
-    if "://" in db:
-        return db
-    path = Path(db).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)  # `--db out/new.sqlite` in a fresh checkout
-    return f"sqlite:///{path}"
-
-
-def parse_sweep(items: list[str]) -> dict[str, list[Any]]:
-    """`optimizer.lr=0.1,1,10` -> {"optimizer.lr": [0.1, 1, 10]} (values parsed as YAML scalars)."""
-    sweep: dict[str, list[Any]] = {}
-    for item in items:
-        path, sep, values = item.partition("=")
-        if not sep or not path or not values:
-            raise typer.BadParameter(f"{item!r}: expected PATH=V1,V2,... such as optimizer.lr=1,10,100")
-        sweep[path.strip()] = [yaml.safe_load(v) for v in values.split(",")]
-    return sweep
-
-
-def _load_spec(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise typer.BadParameter(f"{path} is not valid YAML/JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} must hold a mapping of spec fields")
-    return data
-
-
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
@@ -91,22 +55,24 @@ def run(
     strict: Annotated[bool, typer.Option(help="exit 1 unless every run completed")] = False,
 ) -> None:
     """Train SPEC (or a sweep of it) now, in this process, into the embedded store."""
+    from eos_client import InputError, load_spec, parse_sweep
     from store import queries
-    from store.db import make_engine, session_factory, upgrade
+    from store.db import database_url, make_engine, session_factory, upgrade
     from worker.runner import execute_run
 
-    data = _load_spec(spec)
+    try:
+        data, grid = load_spec(spec), parse_sweep(sweep)
+    except InputError as exc:
+        _fail(str(exc))
     if steps is not None:
         data.setdefault("optimizer", {})["steps"] = steps
-    engine = make_engine(_database_url(db))
+    engine = make_engine(database_url(db))
     upgrade(engine)
     sessions = session_factory(engine)
     try:
         with sessions.begin() as session:
             owner = queries.local_user(session=session)
-            experiment = queries.create_experiment(
-                session=session, owner=owner, spec=data, sweep=parse_sweep(sweep or [])
-            )
+            experiment = queries.create_experiment(session=session, owner=owner, spec=data, sweep=grid)
             run_ids = [r.id for r in queries.list_runs(session=session, experiment_id=experiment.id)]
             experiment_id = experiment.id
     except (ValidationError, SweepError) as exc:
@@ -141,9 +107,9 @@ def _row(run: Any) -> dict[str, Any]:
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Apply the Alembic migrations up to the head revision."""
-    from store.db import upgrade
+    from store.db import database_url, upgrade
 
-    url = _database_url(db)
+    url = database_url(db)
     upgrade(url)
     console.print(f"database at head: {url.split('@')[-1]}")
 
@@ -156,9 +122,9 @@ def users_create(
 ) -> None:
     """Create a user and print their API token. It is shown once and stored hashed."""
     from store import queries
-    from store.db import make_engine, session_factory, verify_schema
+    from store.db import database_url, make_engine, session_factory, verify_schema
 
-    engine = make_engine(_database_url(db))
+    engine = make_engine(database_url(db))
     verify_schema(engine)
     try:
         with session_factory(engine).begin() as session:
@@ -189,11 +155,11 @@ def worker(
     """A Celery worker for one queue: solo pool, one run at a time, nothing forked after CUDA."""
     if queue not in ("gpu", "cpu"):
         _fail("--queue must be gpu or cpu")
-    from store.db import make_engine, verify_schema
+    from store.db import database_url, make_engine, verify_schema
     from worker.celery_app import app as celery_app
     from worker.settings import WorkerSettings
 
-    verify_schema(make_engine(WorkerSettings().database_url or _database_url(None)))
+    verify_schema(make_engine(WorkerSettings().database_url or database_url()))
     argv = [
         "worker",
         "--pool=solo",
@@ -215,12 +181,12 @@ def reaper(
     once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
 ) -> None:
     """Requeue runs whose worker died or whose broker message was lost."""
-    from store.db import make_engine, session_factory, verify_schema
+    from store.db import database_url, make_engine, session_factory, verify_schema
     from worker.reaper import reap
     from worker.settings import WorkerSettings
 
     settings = WorkerSettings()
-    engine = make_engine(settings.database_url or _database_url(None))
+    engine = make_engine(settings.database_url or database_url())
     verify_schema(engine)
     sessions = session_factory(engine)
     while True:

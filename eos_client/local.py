@@ -34,16 +34,6 @@ HEARTBEAT_SECONDS = 0.5  # progress (and cancellation) is seen at least this oft
 SQLITE_BUSY_SECONDS = 60.0  # a transaction waits this long for another's write lock
 
 
-def database_url(db: str | Path | None) -> str:
-    """A URL from `db` (an SQLite file or a URL); None means EOS_DATABASE_URL or ~/.eos/eos.sqlite."""
-    from store.db import database_url as default_url
-
-    if db is None:
-        return default_url()
-    text = str(db)
-    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
-
-
 def local_engine(url: str) -> Engine:
     """An engine for the embedded store; on SQLite every transaction starts with BEGIN IMMEDIATE.
 
@@ -148,7 +138,7 @@ class LocalStore:
     def open(cls, db: str | Path | None = None) -> LocalStore:
         from api.app import create_app
         from api.settings import ApiSettings
-        from store.db import session_factory
+        from store.db import database_url, session_factory
 
         url = database_url(db)
         engine = local_engine(url)

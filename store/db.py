@@ -29,12 +29,17 @@ class SchemaOutdated(RuntimeError):
     """The database is not at the Alembic head revision (empty, behind, or ahead of this code)."""
 
 
-def database_url() -> str:
-    """EOS_DATABASE_URL, or an SQLite file under ~/.eos (created) for the embedded mode."""
-    url = os.environ.get("EOS_DATABASE_URL")
-    if url:
-        return url
-    path = DEFAULT_SQLITE.expanduser()
+def database_url(db: str | Path | None = None) -> str:
+    """The URL for `db`: a database URL as is, or an SQLite file (its folder created).
+
+    None means EOS_DATABASE_URL, or the embedded store's file under ~/.eos.
+    """
+    if db is None:
+        db = os.environ.get("EOS_DATABASE_URL") or DEFAULT_SQLITE
+    text = str(db)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
