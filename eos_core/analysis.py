@@ -197,7 +197,7 @@ def _last(a: np.ndarray) -> float | None:
     return float(ok[-1]) if len(ok) else None
 
 
-def analyze(trace: Trace, spec: RunSpec) -> dict[str, Any]:
+def analyze(trace: Trace, spec: RunSpec, dataset_info: dict[str, Any] | None = None) -> dict[str, Any]:
     step = np.asarray(trace["step"]).astype(np.int64)
     col = {k: np.asarray(v, dtype=np.float64) for k, v in trace.items() if k != "step"}
     lr, conf = spec.effective_lr, spec.instrument.confidence

@@ -167,7 +167,8 @@ def train(
     """Run SGD as the spec says and measure it. `sink` gets the trace in chunks as it grows.
 
     A run whose iterate stops being finite ends as `diverged`, keeping what was measured.
-    A sink or progress callback may raise `StopTraining` to end the run as `stopped`.
+    A sink or progress callback may raise `StopTraining` to end the run as `stopped`; the
+    result then holds every row recorded, including those not yet handed to the sink.
     """
     started = time.perf_counter()
     device = resolve_device(spec.device)
@@ -218,14 +219,14 @@ def train(
             progress(steps, steps)
         recorder.flush(force=True)
     except StopTraining:
+        # Every row recorded so far is complete (a stop is raised between steps) and kept:
+        # the result holds them all, and the caller stores those the sink has not yet received.
         status = "stopped"
-        if sink is not None:  # the result is what the sink received, so a stored run and its summary agree
-            recorder.rows = recorder.flushed
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     loop_seconds = time.perf_counter() - loop_started
     trace = recorder.result()
-    summary = analyze(trace, spec)
+    summary = analyze(trace, spec, data.info)
     summary.update(
         status=status,
         device=str(device),

@@ -47,12 +47,14 @@ class _StreamingSink:
     heartbeat_seconds: float
     buffered: list[Trace] = field(default_factory=list)
     rows: int = 0
+    received: int = 0  # rows handed over by the engine, written or buffered
     last_write: float = field(default_factory=time.monotonic)
     last_step: int = 0
 
     def __call__(self, chunk: Trace) -> None:
         self.buffered.append(chunk)
         self.rows += len(chunk["step"])
+        self.received += len(chunk["step"])
         self.last_step = int(chunk["step"][-1])
         if self.rows >= self.flush_rows or time.monotonic() - self.last_write >= self.heartbeat_seconds:
             self.flush()
@@ -108,7 +110,13 @@ def execute_run(
 
     try:
         result = train(RunSpec.model_validate(spec_data), sink=sink, progress=on_progress)
-        # What train returned is the result, whatever was requested meanwhile: store it all.
+        # What train returned is the result, whatever was requested meanwhile: store it all,
+        # with the rows a stopped run recorded after its last chunk.
+        tail = {name: column[sink.received :] for name, column in result.trace.items()}
+        if len(tail["step"]):
+            sink.buffered.append(tail)
+            sink.received += len(tail["step"])
+        sink.last_step = int(result.trace["step"][-1]) if len(result.trace["step"]) else 0
         sink.flush(stop_on_cancel=False)
     except queries.LostOwnership:
         log.warning("run %s: attempt %s lost the run to another; stopping without writing", run_id, attempt)

@@ -133,6 +133,22 @@ def test_sink_can_stop_the_run() -> None:
     assert 32 < len(result.trace["step"]) < 151
 
 
+def test_a_stopped_run_keeps_every_row_it_recorded() -> None:
+    """Stopped before its first chunk closed, the result still holds every measured step."""
+    received: list[int] = []
+
+    def stop_at_ten(step: int, total: int) -> None:
+        if step >= 10:
+            raise StopTraining
+
+    spec = _spec(device="cpu", optimizer__steps=400, instrument__chunk_rows=256)
+    result = train(spec, sink=lambda chunk: received.extend(chunk["step"].tolist()), progress=stop_at_ten)
+    assert result.status == "stopped" and received == []
+    np.testing.assert_array_equal(result.trace["step"], np.arange(10))  # steps 0..9; the 10th iterate is unmeasured
+    assert np.isfinite(result.trace["batch_loss"]).all()  # each kept row is complete
+    assert result.summary["last_step"] == 9
+
+
 def test_two_layer_uses_width_rescaled_step() -> None:
     spec = _spec(device="cpu", model__kind="two_layer", model__width=10, optimizer__lr=2.0, optimizer__steps=5)
     result = train(spec)

@@ -152,6 +152,7 @@ def test_cancelling_a_running_run_stops_it_at_the_next_chunk(
     np.testing.assert_array_equal(steps, np.arange(len(steps)))  # what was stored is kept, in order
     run = _run(sessions, run_id)
     assert run.summary is not None and run.summary["last_step"] == steps[-1]  # the analysis of what ran
+    assert run.step == steps[-1]  # the run's step is where its stored trace ends
 
 
 def test_diverging_run_ends_as_diverged_with_its_trace(
