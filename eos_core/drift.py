@@ -1,10 +1,21 @@
 """The conditional Lyapunov drift D(theta) = E_B[L(theta - eta g_B)] - L(theta) (science.md).
 
-Monte Carlo over batches drawn from the sampler's distribution with a control variate
-Y_b = -eta <grad L, g_b>, whose mean -eta ||grad L||^2 is known; batches are drawn
-sequentially until the confidence interval excludes 0 or the budget is spent. When
-the distinct batches are few (B = 1, or B = n without replacement) the expectation is
-computed exactly by enumeration.
+Exact by enumeration whenever the distinct batches number at most the sampling budget
+(B = 1 up to n, B = n, small C(n, B) or multisets). Otherwise Monte Carlo, built so that
+its stated error is honest where L(theta - eta g_b) is heavy-tailed:
+
+- Importance sampling where the tail comes from. Each batch has one member drawn in
+  proportion to its per-example score ||dl_i/dz|| ||x_i|| (the examples that move the
+  parameters most: the hard ones), mixed half and half with the uniform draw, and its
+  other members as the sampler draws them. The weight p(b)/Q(b) is then at most 2, and
+  the batches holding hard examples, which dominate the mean at large steps, are drawn
+  often instead of being missed.
+- A control variate with known mean, Y_b = -eta <grad L, g_b>, E[Y_b] = -eta <grad L, grad L_train>.
+- A jackknife error for the regression estimator, with two floors it cannot fall below:
+  one more draw as extreme as the most extreme one seen (the batches not yet drawn), and
+  the floating-point rounding of the loss difference (it does not average out).
+- Batches are drawn, doubling, until the one-sided interval at the spec's confidence
+  decides the sign or the budget is spent; then the verdict is undecided, not a sign.
 """
 
 from __future__ import annotations
@@ -18,6 +29,11 @@ from scipy.stats import norm
 from .objective import Objective
 from .sampling import BatchSampler
 
+# Share of the importance proposal that is uniform: bounds every weight by 1 / DEFENSIVE.
+DEFENSIVE = 0.5
+# Weight of the "one more extreme draw" floor (bench/drift_calibration.py chose it).
+EXTREME_SHARE = 0.5
+
 
 @dataclass
 class DriftEstimate:
@@ -26,10 +42,12 @@ class DriftEstimate:
     samples: int
     stable_p: float
     exact: bool
-    # Kept for the second-order prediction at the same step: the batch gradients used.
+    # The batch gradients used and their weights: E_B[f(g_B)] ~ mean(weights * f(batch_grads)).
     batch_grads: torch.Tensor
-    raw_variance: float  # variance of L(theta - eta g_b) - L(theta) across batches
-    cv_variance: float  # variance after the control variate
+    batch_weights: torch.Tensor
+    raw_variance: float  # variance of the weighted L(theta - eta g_b) - L(theta) across batches
+    cv_variance: float  # the same after the control variate
+    evaluations: int = 0  # losses on the evaluation set spent (the K steps and L(theta))
 
 
 def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
@@ -63,6 +81,28 @@ def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tup
     return estimate, se, raw_var, cv_var
 
 
+def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> float:
+    """An error floor for the batches not yet drawn, which the jackknife cannot see.
+
+    Two terms: what one more draw as far out as the farthest residual seen would move the
+    mean by, and the gap between the regression estimate and the plain beta = 1 one
+    (Y - C is the Taylor remainder of the step). On a piecewise-linear stretch of the loss
+    the drawn points can lie exactly on a line, the jackknife error is 0, and the fitted
+    slope extrapolates to a mean far from the truth; the gap measures that extrapolation.
+    """
+    y64, c64 = y.double().cpu(), c.double().cpu()
+    yc, cc = y64 - y64.mean(), c64 - c64.mean()
+    s_cc = float((cc * cc).sum())
+    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    residual = yc - beta * cc
+    extreme = EXTREME_SHARE * float(residual.abs().max()) / (y.numel() + 1)
+    # Counted only for a near-perfect fit (R^2 from 0.9 to 1) whose slope is not the Taylor one.
+    r2 = 1.0 - float((residual * residual).sum()) / max(float((yc * yc).sum()), 1e-300)
+    degenerate = min(1.0, max(0.0, (r2 - 0.9) / 0.1)) * min(1.0, abs(1.0 - beta) / 0.1)
+    extrapolation = degenerate * abs((1.0 - beta) * (float(c64.mean()) - c_mean))
+    return math.hypot(extreme, extrapolation)
+
+
 class DriftEstimator:
     def __init__(
         self,
@@ -72,20 +112,24 @@ class DriftEstimator:
         samples: int | str,
         max_samples: int,
         confidence: float,
+        *,
+        importance: bool = True,
+        enumerate_when_few: bool = True,
     ) -> None:
         self.objective, self.sampler, self.generator = objective, sampler, generator
         self.confidence = confidence
-        self.z = float(norm.ppf(0.5 + confidence / 2))  # two-sided interval
-        count = sampler.distinct_count()
-        # Enumerate when asked, or when it is no dearer than the sampling asked for.
-        self.exact = samples == "exact" or (count is not None and isinstance(samples, int) and count <= samples)
+        self.z = float(norm.ppf(confidence))  # one-sided: the verdict's own threshold
         self.samples = int(samples) if isinstance(samples, int) else 0
         self.max_samples = max(max_samples, self.samples)
-        self._all_batches = sampler.enumerate_all() if self.exact else None
+        self.importance = importance
+        count = sampler.distinct_count()
+        # Enumerate when asked, or whenever it costs no more than the sampling budget.
+        self.exact = samples == "exact" or (enumerate_when_few and count is not None and count <= self.max_samples)
+        self._all = sampler.enumerate_all() if self.exact else None
 
     def _evaluate(
         self, theta: torch.Tensor, batches: torch.Tensor, grad_l: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         device = theta.device
         g = self.objective.batch_grads(batches.to(device))(theta)  # (K, P)
         lr = self.objective.lr
@@ -95,43 +139,91 @@ class DriftEstimator:
         losses = self.objective.eval_losses(torch.cat([theta.unsqueeze(0), theta.unsqueeze(0) - lr * g]))
         y = losses[1:].double() - losses[0].double()
         c = -lr * (g.double() @ grad_l.double())  # float64: the products underflow at tiny losses
-        return y, c, g
+        return y, c, g, losses.double()
+
+    def _control_mean(self, theta: torch.Tensor, grad_l: torch.Tensor) -> float:
+        """E_B[-eta <grad L, g_B>] = -eta <grad L_eval, grad L_train> (the same when eval is train)."""
+        grad_train = grad_l if self.objective.eval_is_train else self.objective.train_grad(theta)
+        return -self.objective.lr * float(torch.dot(grad_l.double(), grad_train.double()))
+
+    def _proposal(self, theta: torch.Tensor) -> torch.Tensor:
+        n = self.sampler.n
+        uniform = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        if not self.importance:
+            return uniform
+        scores = self.objective.train_scores(theta).cpu()
+        total = float(scores.sum())
+        if not math.isfinite(total) or total <= 0:
+            return uniform
+        return DEFENSIVE * uniform + (1 - DEFENSIVE) * scores / total
 
     def __call__(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
-        """D(theta) given the full gradient grad_l at theta (the control variate's direction)."""
-        lr = self.objective.lr
-        grad64 = grad_l.double()  # like the control variate itself: no underflow at tiny losses
-        c_mean = -lr * float(torch.dot(grad64, grad64))
-        if self._all_batches is not None:
-            y, c, g = self._evaluate(theta, self._all_batches, grad_l)
-            if not bool(torch.isfinite(y).all()):
-                return _overflowed(y, g)
-            d = float(y.double().mean())
-            var = float(y.double().var()) if y.numel() > 1 else 0.0
-            return DriftEstimate(d, 0.0, y.numel(), 1.0 if d <= 0 else 0.0, True, g, var, 0.0)
-        ys, cs, gs = [], [], []
-        drawn, chunk = 0, self.samples
+        """D(theta) given the evaluation gradient grad_l at theta (the control variate's direction)."""
+        if self._all is not None:
+            return self._enumerate(theta, grad_l)
+        c_mean = self._control_mean(theta, grad_l)
+        proposal = self._proposal(theta)
+        logit_scale = float(self.objective.model.logits(theta, self.objective.x_eval).abs().max())
+        ys, cs, gs, ws, after = [], [], [], [], []
+        start = math.nan
+        drawn, chunk = 0, max(self.samples, 1)
         while True:
-            batches = self.sampler.draw(chunk, self.generator)
-            y, c, g = self._evaluate(theta, batches, grad_l)
+            batches, weights = self.sampler.draw_weighted(chunk, proposal, self.generator)
+            y, c, g, losses = self._evaluate(theta, batches, grad_l)
             if not bool(torch.isfinite(y).all()):
                 return _overflowed(y, g)  # a step so large the loss after it overflows
-            ys.append(y)
-            cs.append(c)
+            ys.append(weights * y)
+            cs.append(weights * c.cpu())
             gs.append(g)
+            ws.append(weights)
+            start = float(losses[0])
+            after.append(losses[1:])
             drawn += chunk
-            d, se, raw_var, cv_var = control_variate_mean(torch.cat(ys), torch.cat(cs), c_mean)
+            wy, wc = torch.cat(ys), torch.cat(cs)
+            d, se, raw_var, cv_var = control_variate_mean(wy, wc, c_mean)
+            rounding = _rounding_error(start, torch.cat(after), theta.dtype, logit_scale)
+            floors = (unseen_error(wy, wc, c_mean), rounding)
+            se = math.hypot(se, *floors)  # hypot: squares of errors at losses near 1e-160 underflow
             if abs(d) > self.z * se or drawn >= self.max_samples:
                 break
             chunk = min(drawn, self.max_samples - drawn)  # double the sample
         stable_p = _probability_nonpositive(d, se)
-        return DriftEstimate(d, se, drawn, stable_p, False, torch.cat(gs), raw_var, cv_var)
+        return DriftEstimate(
+            d, se, drawn, stable_p, False, torch.cat(gs), torch.cat(ws), raw_var, cv_var, drawn + len(ys)
+        )
+
+    def _enumerate(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
+        assert self._all is not None
+        batches, weights = self._all
+        y, _, g, _ = self._evaluate(theta, batches, grad_l)
+        if not bool(torch.isfinite(y).all()):
+            return _overflowed(y, g)
+        wy = weights * y.cpu()
+        d = float(wy.mean())
+        var = float(wy.var()) if wy.numel() > 1 else 0.0
+        p = 1.0 if d <= 0 else 0.0
+        return DriftEstimate(d, 0.0, len(batches), p, True, g, weights, var, 0.0, len(batches) + 1)
+
+
+def _rounding_error(start: float, after: torch.Tensor, dtype: torch.dtype, logit_scale: float) -> float:
+    """Standard error of the loss differences from the dtype's rounding (it does not average out).
+
+    L(theta) = `start` and the L(theta - eta g_b) = `after` are means of per-example losses.
+    A logit difference of size |z| carries an absolute rounding error of about eps |z|, and
+    a small loss l = log1p(exp(z_j - z_y)) the same relative error: so the loss's relative
+    error grows with the logit scale. The constants are fitted on float32 enumeration
+    against float64 (bench/drift_calibration.py); `tiny`, the smallest normal number, is
+    the floor below which the dtype resolves no loss at all.
+    """
+    info = torch.finfo(dtype)
+    relative = info.eps * (0.5 + 0.15 * logit_scale)
+    return relative * (abs(start) + float(after.abs().mean())) + info.tiny
 
 
 def _overflowed(y: torch.Tensor, grads: torch.Tensor) -> DriftEstimate:
     # The loss after some step overflowed (inf, or NaN where the logits themselves broke).
-    drift = math.inf
-    return DriftEstimate(drift, 0.0, y.numel(), 0.0, False, grads, math.nan, math.nan)
+    weights = torch.ones(len(grads), dtype=torch.float64)
+    return DriftEstimate(math.inf, 0.0, y.numel(), 0.0, False, grads, weights, math.nan, math.nan, y.numel() + 1)
 
 
 def _probability_nonpositive(mean: float, se: float) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import math
 
 import torch
 
@@ -46,21 +46,59 @@ class BatchSampler:
         keys = torch.rand(count, n, generator=generator)
         return keys.argsort(dim=1)[:, :b]
 
+    def draw_weighted(
+        self, count: int, proposal: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`count` batches from an importance proposal, with their weights p(b) / Q(b), float64.
+
+        Each batch has one member drawn from `proposal` (probabilities over the n examples,
+        float64) and its other B - 1 members as the sampler draws them (i.i.d. uniform with
+        replacement; a uniform subset of the other n - 1 without). For either sampler the
+        proposal probability of a batch is (sum of its members' q) times its own probability
+        divided by B/n, so the weight is B / (n * sum_{i in b} q_i): at most 1/min(n q).
+        """
+        n, b = self.n, self.batch_size
+        special = torch.multinomial(proposal, count, replacement=True, generator=generator)  # (count,)
+        if b == 1:
+            others = torch.empty(count, 0, dtype=torch.long)
+        elif self.kind == "with_replacement":
+            others = torch.randint(n, (count, b - 1), generator=generator)
+        else:
+            keys = torch.rand(count, n, generator=generator)
+            keys[torch.arange(count), special] = 2.0  # never among the others: keys are < 1
+            others = keys.argsort(dim=1)[:, : b - 1]
+        batches = torch.cat([special.unsqueeze(1), others], dim=1)
+        weights = b / (n * proposal[batches].sum(dim=1))
+        return batches, weights
+
     def distinct_count(self) -> int | None:
         kind = "without_replacement" if self.kind == "reshuffle" else self.kind
         return distinct_batches(self.n, self.batch_size, kind)
 
-    def enumerate_all(self) -> torch.Tensor:
-        """Every equally likely batch, shape (count, B): the exact drift averages over these."""
+    def enumerate_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every distinct batch (count, B) and its weight count * P(b), float64 (mean(w f) = E f).
+
+        Without replacement the C(n, B) subsets are equally likely (weights 1). With
+        replacement a batch is a multiset, with probability B! / (prod of multiplicities!) / n^B.
+        """
         count = self.distinct_count()
         if count is None or count > MAX_EXACT_BATCHES:
             raise ValueError(f"{count or 'too many'} distinct batches: too many to enumerate")
         n, b = self.n, self.batch_size
         if b == 1:
-            return torch.arange(n).unsqueeze(1)
-        combos: Iterable[tuple[int, ...]]
-        if self.kind == "with_replacement":
-            combos = itertools.product(range(n), repeat=b)
-        else:
-            combos = itertools.combinations(range(n), b)
-        return torch.tensor(list(combos), dtype=torch.long)
+            return torch.arange(n).unsqueeze(1), torch.ones(n, dtype=torch.float64)
+        if self.kind != "with_replacement":
+            combos = torch.tensor(list(itertools.combinations(range(n), b)), dtype=torch.long)
+            return combos, torch.ones(len(combos), dtype=torch.float64)
+        multisets = list(itertools.combinations_with_replacement(range(n), b))
+        log_p = [_log_multinomial(m) - b * math.log(n) for m in multisets]
+        weights = torch.tensor(log_p, dtype=torch.float64).exp() * len(multisets)
+        return torch.tensor(multisets, dtype=torch.long), weights
+
+
+def _log_multinomial(members: tuple[int, ...]) -> float:
+    """log of B! / prod_j c_j! for the multiplicities c_j of a sorted multiset."""
+    total = math.lgamma(len(members) + 1)
+    for _, group in itertools.groupby(members):
+        total -= math.lgamma(len(list(group)) + 1)
+    return total

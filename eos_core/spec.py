@@ -98,7 +98,7 @@ class OptimizerSpec(_Strict):
 
 class InstrumentSpec(_Strict):
     every: int = Field(1, ge=1, description="cadence of the per-step metrics")
-    drift_samples: int | Literal["exact"] = Field(16, description='K batches at least; 0 disables; "exact"')
+    drift_samples: int | Literal["exact"] = Field(32, description='K batches at least; 0 disables; "exact"')
     drift_every: int = Field(1, ge=1, description="cadence of the drift, in steps (on recorded steps)")
     drift_max_samples: int = Field(256, ge=1, description="draw up to this many until the sign is clear")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="for the stable/unstable decision")
@@ -212,12 +212,16 @@ def known_train_size(spec: RunSpec) -> int | None:
 
 
 def distinct_batches(n: int, batch_size: int, sampler: str) -> int | None:
-    """Number of equally likely batches the sampler can draw, or None when astronomically many."""
+    """Number of distinct batches the sampler can draw, or None when astronomically many.
+
+    The loss is symmetric in the batch's members, so a batch drawn with replacement is a
+    multiset: C(n + B - 1, B) of them, with multinomial probabilities. Without replacement
+    (and reshuffle, whose next batch is marginally a uniform subset) there are C(n, B),
+    equally likely.
+    """
     from math import comb
 
     if batch_size == 1:
         return n
-    if sampler == "with_replacement":
-        return n**batch_size if batch_size * max(n, 2).bit_length() <= 62 else None
-    count = comb(n, batch_size)
+    count = comb(n + batch_size - 1, batch_size) if sampler == "with_replacement" else comb(n, batch_size)
     return count if count < 2**62 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -132,3 +134,52 @@ def test_sequential_sampling_draws_more_when_the_sign_is_unclear() -> None:
     from scipy.stats import norm
 
     assert abs(result.stable_p - norm.cdf(-result.drift / result.se)) < 1e-12
+
+
+def test_b1_is_enumerated_by_default_when_the_budget_covers_it() -> None:
+    obj, sampler, _ = _setup(lr=5.0, batch_size=1)  # n = 36 distinct batches, budget 256
+    assert DriftEstimator(obj, sampler, torch.Generator(), 32, 256, 0.95).exact
+    assert not DriftEstimator(obj, sampler, torch.Generator(), 16, 32, 0.95).exact
+
+
+def test_multiset_enumeration_with_replacement_equals_every_ordered_pair() -> None:
+    obj, sampler, theta = _setup(lr=50.0, batch_size=2)
+    loss, grad = _state(obj, theta)
+    result = DriftEstimator(obj, sampler, torch.Generator(), "exact", 4096, 0.95)(theta, grad)
+    n = len(obj.x_train)
+    after = []
+    for i in range(n):
+        for j in range(n):
+            g, _ = obj.batch_grad_and_loss(theta, torch.tensor([i, j]))
+            after.append(obj.eval_loss(theta - obj.lr * g).item())
+    expected = float(np.mean(after)) - loss.item()
+    assert result.exact and result.samples == n * (n + 1) // 2
+    assert abs(result.drift - expected) < 1e-11 * max(1.0, abs(expected))
+
+
+def test_importance_weights_make_every_batch_count_at_its_own_probability() -> None:
+    """E_Q[w 1{b}] = p(b) for each distinct batch, for both samplers, from a skewed proposal."""
+    n, b, draws = 5, 2, 200_000
+    proposal = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1], dtype=torch.float64)
+    for kind in ("with_replacement", "without_replacement"):
+        sampler = BatchSampler(n, b, kind, torch.Generator().manual_seed(0))
+        batches, weights = sampler.draw_weighted(draws, proposal, torch.Generator().manual_seed(1))
+        assert float(weights.max()) <= 1 / (n * float(proposal.min())) + 1e-12
+        keys = batches.sort(dim=1).values
+        codes = keys[:, 0] * n + keys[:, 1]
+        exact_batches, exact_weights = sampler.enumerate_all()
+        probability = exact_weights / len(exact_batches)  # p(b) of each distinct batch
+        for batch, p in zip(exact_batches.tolist(), probability.tolist(), strict=True):
+            hit = (codes == batch[0] * n + batch[1]).double() * weights
+            se = float(hit.std()) / math.sqrt(draws)
+            assert abs(float(hit.mean()) - p) < 4 * se, (kind, batch, float(hit.mean()), p)
+
+
+def test_a_sampled_verdict_is_undecided_when_the_budget_cannot_settle_it() -> None:
+    """Few batches and no clear sign: stable_p stays between the confidence bounds."""
+    obj, sampler, theta = _setup(lr=5.0, batch_size=1)
+    _, grad = _state(obj, theta)
+    estimate = DriftEstimator(obj, sampler, torch.Generator().manual_seed(0), 2, 2, 0.95, enumerate_when_few=False)(
+        theta, grad
+    )
+    assert estimate.samples == 2 and estimate.stable_p == 0.5  # too few to estimate an error

@@ -146,10 +146,10 @@ def test_leak_inside_zero_one(leak: float) -> None:
 
 
 def test_exact_drift_with_too_many_batches() -> None:
-    # n = 400, B = 2 with replacement: 400^2 = 160000 equally likely batches
+    # n = 400, B = 2 with replacement: C(401, 2) = 80200 distinct multisets
     message = refusal(nested(instrument={"drift_samples": "exact"}, optimizer={"batch_size": 2}))
     assert 'instrument.drift_samples="exact"' in message and str(MAX_EXACT_BATCHES) in message
-    assert "160000" in message
+    assert "80200" in message
     # B = 16 with replacement: too many even to count
     assert "too many to count" in refusal(nested(instrument={"drift_samples": "exact"}))
 
