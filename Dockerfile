@@ -11,6 +11,7 @@ COPY store store
 COPY worker worker
 COPY api api
 COPY eos_cli eos_cli
+COPY eos_client eos_client
 COPY migrations migrations
 COPY examples examples
 # torch is already in the base image; `pip install .` keeps it (the requirement is torch>=2.3).

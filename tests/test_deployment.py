@@ -41,3 +41,17 @@ def test_every_eos_command_in_compose_exists() -> None:
 def test_compose_file_validates() -> None:
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """`pip install -e .` in the image finds only what was copied: every package must be there."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    copied = {
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and len(line.split()) == 3
+    }
+    assert packages and set(packages) <= copied, set(packages) - copied
