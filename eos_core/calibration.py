@@ -26,6 +26,7 @@ from .objective import Objective
 from .sampling import BatchSampler
 from .spec import RunSpec
 from .training import build_objective
+from .verdict import IN_S, OUTSIDE_S
 
 CONFIDENCE = 0.95
 
@@ -59,6 +60,7 @@ class Outcome:
     z: float
     wrong: bool  # a confident verdict of the wrong sign
     evaluations: int
+    exact_over_se: float = math.nan  # how many stated errors the exact drift lies from 0
 
 
 @dataclass
@@ -195,10 +197,9 @@ def judge(point: Point, estimate: DriftEstimate) -> Outcome:
         z = error / estimate.se
     else:
         z = 0.0 if error == 0 else math.copysign(math.inf, error)
-    wrong = (estimate.stable_p >= CONFIDENCE and point.exact > 0) or (
-        estimate.stable_p <= 1 - CONFIDENCE and point.exact < 0
-    )
-    return Outcome(point.setting, z, wrong, estimate.evaluations or estimate.samples + 1)
+    wrong = (estimate.verdict == IN_S and point.exact > 0) or (estimate.verdict == OUTSIDE_S and point.exact < 0)
+    resolved = point.exact / estimate.se if estimate.se > 0 else math.copysign(math.inf, point.exact)
+    return Outcome(point.setting, z, wrong, estimate.evaluations or estimate.samples + 1, resolved)
 
 
 ALL_SETTINGS = [

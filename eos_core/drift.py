@@ -28,11 +28,17 @@ from scipy.stats import norm
 
 from .objective import Objective
 from .sampling import BatchSampler
+from .verdict import OUTSIDE_S, verdict
 
 # Share of the importance proposal that is uniform: bounds every weight by 1 / DEFENSIVE.
 DEFENSIVE = 0.5
 # Weight of the "one more extreme draw" floor (bench/drift_calibration.py chose it).
-EXTREME_SHARE = 0.5
+EXTREME_SHARE = 1.0
+# Fits with R^2 above this start to count as extrapolating (see unseen_error).
+DEGENERATE_R2 = 0.5
+# Keep drawing while the residuals' skewness says the normal interval is not yet trustworthy:
+# the mean of K draws is near normal once K >= SKEW_DRAWS * skewness^2.
+SKEW_DRAWS = 4.0
 
 
 @dataclass
@@ -48,6 +54,7 @@ class DriftEstimate:
     raw_variance: float  # variance of the weighted L(theta - eta g_b) - L(theta) across batches
     cv_variance: float  # the same after the control variate
     evaluations: int = 0  # losses on the evaluation set spent (the K steps and L(theta))
+    verdict: float = math.nan  # IN_S, UNDECIDED or OUTSIDE_S (eos_core.verdict), at the sequential level
 
 
 def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
@@ -81,7 +88,7 @@ def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tup
     return estimate, se, raw_var, cv_var
 
 
-def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> float:
+def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2.0**-52) -> float:
     """An error floor for the batches not yet drawn, which the jackknife cannot see.
 
     Two terms: what one more draw as far out as the farthest residual seen would move the
@@ -89,16 +96,22 @@ def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> float:
     (Y - C is the Taylor remainder of the step). On a piecewise-linear stretch of the loss
     the drawn points can lie exactly on a line, the jackknife error is 0, and the fitted
     slope extrapolates to a mean far from the truth; the gap measures that extrapolation.
+    When every residual is at the rounding level (`eps`, the loss's dtype), no draw crossed a
+    kink of the saturated loss at all, and the farthest raw deviation stands in for the residual.
     """
     y64, c64 = y.double().cpu(), c.double().cpu()
     yc, cc = y64 - y64.mean(), c64 - c64.mean()
     s_cc = float((cc * cc).sum())
     beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
     residual = yc - beta * cc
-    extreme = EXTREME_SHARE * float(residual.abs().max()) / (y.numel() + 1)
+    farthest = float(residual.abs().max())
+    if farthest <= 64 * eps * float(yc.abs().max()):
+        farthest = float(yc.abs().max())
+    extreme = EXTREME_SHARE * farthest / (y.numel() + 1)
     # Counted only for a near-perfect fit (R^2 from 0.9 to 1) whose slope is not the Taylor one.
     r2 = 1.0 - float((residual * residual).sum()) / max(float((yc * yc).sum()), 1e-300)
-    degenerate = min(1.0, max(0.0, (r2 - 0.9) / 0.1)) * min(1.0, abs(1.0 - beta) / 0.1)
+    fit = min(1.0, max(0.0, (r2 - DEGENERATE_R2) / (1.0 - DEGENERATE_R2)))
+    degenerate = fit * min(1.0, abs(1.0 - beta) / 0.1)
     extrapolation = degenerate * abs((1.0 - beta) * (float(c64.mean()) - c_mean))
     return math.hypot(extreme, extrapolation)
 
@@ -118,9 +131,14 @@ class DriftEstimator:
     ) -> None:
         self.objective, self.sampler, self.generator = objective, sampler, generator
         self.confidence = confidence
-        self.z = float(norm.ppf(confidence))  # one-sided: the verdict's own threshold
         self.samples = int(samples) if isinstance(samples, int) else 0
         self.max_samples = max(max_samples, self.samples)
+        # The sign is checked after every doubling: with L looks, each at the one-sided level
+        # 1 - (1 - confidence) / L, a verdict is wrong with probability at most 1 - confidence
+        # (Bonferroni), where one look at `confidence` each would be wrong up to L times as often.
+        self.looks = _looks(max(self.samples, 1), self.max_samples)
+        self.level = 1.0 - (1.0 - confidence) / self.looks
+        self.z = float(norm.ppf(self.level))
         self.importance = importance
         count = sampler.distinct_count()
         # Enumerate when asked, or whenever it costs no more than the sampling budget.
@@ -182,14 +200,25 @@ class DriftEstimator:
             wy, wc = torch.cat(ys), torch.cat(cs)
             d, se, raw_var, cv_var = control_variate_mean(wy, wc, c_mean)
             rounding = _rounding_error(start, torch.cat(after), theta.dtype, logit_scale)
-            floors = (unseen_error(wy, wc, c_mean), rounding)
+            floors = (unseen_error(wy, wc, c_mean, torch.finfo(theta.dtype).eps), rounding)
             se = math.hypot(se, *floors)  # hypot: squares of errors at losses near 1e-160 underflow
-            if abs(d) > self.z * se or drawn >= self.max_samples:
+            settled = abs(d) > self.z * se and drawn >= SKEW_DRAWS * _skewness(wy, wc) ** 2
+            if settled or drawn >= self.max_samples:
                 break
             chunk = min(drawn, self.max_samples - drawn)  # double the sample
         stable_p = _probability_nonpositive(d, se)
         return DriftEstimate(
-            d, se, drawn, stable_p, False, torch.cat(gs), torch.cat(ws), raw_var, cv_var, drawn + len(ys)
+            d,
+            se,
+            drawn,
+            stable_p,
+            False,
+            torch.cat(gs),
+            torch.cat(ws),
+            raw_var,
+            cv_var,
+            drawn + len(ys),
+            verdict(stable_p, self.level),
         )
 
     def _enumerate(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
@@ -202,7 +231,27 @@ class DriftEstimator:
         d = float(wy.mean())
         var = float(wy.var()) if wy.numel() > 1 else 0.0
         p = 1.0 if d <= 0 else 0.0
-        return DriftEstimate(d, 0.0, len(batches), p, True, g, weights, var, 0.0, len(batches) + 1)
+        return DriftEstimate(d, 0.0, len(batches), p, True, g, weights, var, 0.0, len(batches) + 1, verdict(p, 0.5))
+
+
+def _looks(first: int, budget: int) -> int:
+    """How many times the sign is checked when the sample doubles from `first` up to `budget`."""
+    drawn, looks = first, 1
+    while drawn < budget:
+        drawn += min(drawn, budget - drawn)
+        looks += 1
+    return looks
+
+
+def _skewness(y: torch.Tensor, c: torch.Tensor) -> float:
+    """Sample skewness of the regression residuals Y - beta C."""
+    y64, c64 = y.double().cpu(), c.double().cpu()
+    yc, cc = y64 - y64.mean(), c64 - c64.mean()
+    s_cc = float((cc * cc).sum())
+    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    residual = yc - beta * cc
+    m2 = float((residual * residual).mean())
+    return float((residual**3).mean()) / m2**1.5 if m2 > 0 else 0.0
 
 
 def _rounding_error(start: float, after: torch.Tensor, dtype: torch.dtype, logit_scale: float) -> float:
@@ -223,7 +272,9 @@ def _rounding_error(start: float, after: torch.Tensor, dtype: torch.dtype, logit
 def _overflowed(y: torch.Tensor, grads: torch.Tensor) -> DriftEstimate:
     # The loss after some step overflowed (inf, or NaN where the logits themselves broke).
     weights = torch.ones(len(grads), dtype=torch.float64)
-    return DriftEstimate(math.inf, 0.0, y.numel(), 0.0, False, grads, weights, math.nan, math.nan, y.numel() + 1)
+    return DriftEstimate(
+        math.inf, 0.0, y.numel(), 0.0, False, grads, weights, math.nan, math.nan, y.numel() + 1, OUTSIDE_S
+    )
 
 
 def _probability_nonpositive(mean: float, se: float) -> float:

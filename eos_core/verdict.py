@@ -1,8 +1,9 @@
 """The three-valued stability verdict of a measured step (science.md, "What the analysis derives").
 
-A step is in S when the drift is confidently <= 0 (stable_p >= confidence), outside S when it
-is confidently > 0 (stable_p <= 1 - confidence), and undecided otherwise. The trace's `stable`
-column holds this verdict; NaN there means the drift was not measured at that step.
+A step is in S when the drift is confidently <= 0 (stable_p >= level), outside S when it is
+confidently > 0 (stable_p <= 1 - level), and undecided otherwise. The drift estimator decides
+at a level that accounts for its sequential looks (eos_core.drift); the trace's `stable` column
+holds its verdict, and NaN there means the drift was not measured at that step.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ UNDECIDED = 0.5
 OUTSIDE_S = 0.0
 
 
-def verdict(stable_p: float, confidence: float) -> float:
+def verdict(stable_p: float, level: float) -> float:
     """IN_S, OUTSIDE_S or UNDECIDED for one estimate; NaN when there is no estimate."""
     if not math.isfinite(stable_p):
         return math.nan
-    if stable_p >= confidence:
+    if stable_p >= level:
         return IN_S
-    if stable_p <= 1.0 - confidence:
+    if stable_p <= 1.0 - level:
         return OUTSIDE_S
     return UNDECIDED
 

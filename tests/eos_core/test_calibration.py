@@ -1,10 +1,13 @@
 """The drift's stated error is calibrated against exact enumeration (a small, fixed bank).
 
-bench/drift_calibration.py runs the full bank; this one (B <= 2, four step sizes from 0.3
-to 1e4, both models and dtypes, trajectory points and perturbations) asserts the median |z|
-target of issue 7, [0.55, 0.80], and what the estimator reaches today on the tails: |z| > 3
-for at most 2% of points (the issue's target is 1%; main had 11%) and at most one confident
-verdict of the wrong sign (the target is 0.2%; the one left here has |D| = 0.1 se).
+bench/drift_calibration.py runs the full bank; this one (B <= 2, six step sizes from 0.3
+to 1e4, both models and dtypes, trajectory points and perturbations) asserts the targets of
+issue 7 on the tails and the median: |z| > 3 for at most 1% of points, median |z| in
+[0.55, 0.80] (0.674 for a normal). (On the bench's full bank the median is 0.51: there, with
+B = 4, the stated error is conservative.) Confident verdicts of the wrong sign: none where the exact
+|D| exceeds 3 stated errors, and at most 0.5% in all (the issue's 0.2% holds on the bench's
+full bank, where B = 4 is easier; this bank of B <= 2 has 2 of 504, both with |D| < 2 se).
+The estimator before issue 7 had 11% beyond 3 and 3 wrong verdicts on the bench's quick bank.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from eos_core.calibration import ALL_SETTINGS, Table, bank, exact_drift, judge, sampled
 
@@ -23,19 +27,23 @@ pytestmark = pytest.mark.slow
 def outcomes() -> Table:
     settings = [s for s in ALL_SETTINGS if s.batch_size <= 2]
     table = Table()
-    for i, point in enumerate(bank(settings, [0.3, 30.0, 3000.0, 1e4], (0, 6, 60), perturbations=1, seed=7)):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reductions, so the same sequential decisions, on every machine
+    lrs = [0.3, 3.0, 30.0, 300.0, 3000.0, 1e4]
+    for i, point in enumerate(bank(settings, lrs, (0, 2, 6, 20, 60), perturbations=2, seed=7)):
         point.exact = exact_drift(point)
         if math.isfinite(point.exact):
             table.add(judge(point, sampled(point, 5000 + i)))
+    torch.set_num_threads(threads)
     return table
 
 
 def test_the_bank_is_large_and_varied(outcomes: Table) -> None:
-    assert outcomes.overall()["points"] >= 180 and len(outcomes.rows) == 12
+    assert outcomes.overall()["points"] >= 500 and len(outcomes.rows) == 12
 
 
 def test_few_points_lie_beyond_three_standard_errors(outcomes: Table) -> None:
-    assert outcomes.overall()["over3"] <= 0.02
+    assert outcomes.overall()["over3"] <= 0.01
 
 
 def test_the_median_error_is_that_of_a_normal(outcomes: Table) -> None:
@@ -43,8 +51,9 @@ def test_the_median_error_is_that_of_a_normal(outcomes: Table) -> None:
 
 
 def test_confidently_wrong_verdicts_are_rare(outcomes: Table) -> None:
-    overall = outcomes.overall()
-    assert overall["wrong"] <= 1
+    everything = [o for rows in outcomes.rows.values() for o in rows]
+    assert not [o for o in everything if o.wrong and abs(o.exact_over_se) > 3]
+    assert outcomes.overall()["wrong"] <= 0.005 * outcomes.overall()["points"]
 
 
 def test_judging_catches_an_overconfident_error() -> None:
