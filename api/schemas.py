@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eos_core.summary import RunSummary
 from store.models import RUN_STATUSES
 
 RunStatus = Literal["queued", "running", "completed", "diverged", "failed", "cancelled"]
@@ -72,7 +73,7 @@ class RunPublic(_FromRow):
     cancel_requested: bool
     spec: dict[str, Any] = Field(description="the expanded, validated spec this run trains")
     timings: RunTimings
-    summary: dict[str, Any] | None
+    summary: RunSummary | None = Field(description="the analysis of the finished trace (eos_core.summary)")
     dataset_info: dict[str, Any] | None
     error: str | None
     created_at: datetime
@@ -99,6 +100,31 @@ class ExperimentsPublic(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class KappaPublic(BaseModel):
+    """κ_B pooled over the analysed runs of an experiment with this batch size (eos_core/kappa.py)."""
+
+    batch_size: int
+    runs: int = Field(description="runs pooled")
+    run_ids: list[int]
+    kappa_B: float | None = Field(
+        description="bound 'upper': the 5% quantile of η·L over the pooled rows judged outside S (at most 5% of "
+        "the steps seen outside S had a smaller η·L); bound 'lower' (no row outside S): the 95% quantile of η·L "
+        "over the rows in S"
+    )
+    kappa_B_bound: Literal["upper", "lower"] | None
+    kappa_B_interval: list[float | None] | None = Field(
+        description="95% distribution-free order-statistic interval of that quantile; null end: open"
+    )
+    kappa_B_quantile: float
+    kappa_B_rows_outside: int = Field(description="decided rows outside S pooled")
+    kappa_B_rows_in_S: int = Field(description="decided rows in S pooled")
+
+
+class KappasPublic(BaseModel):
+    experiment_id: int
+    items: list[KappaPublic] = Field(description="one per batch size, by increasing B")
 
 
 class EventPublic(_FromRow):
@@ -134,7 +160,7 @@ class CompareRun(BaseModel):
     name: str
     status: str
     params: dict[str, Any]
-    summary: dict[str, Any] | None
+    summary: RunSummary | None
 
 
 class CompareSeries(BaseModel):

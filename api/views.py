@@ -8,6 +8,7 @@ from typing import cast
 import numpy as np
 from sqlalchemy.orm import Session
 
+from eos_core.summary import RunSummary
 from store.models import Event, Experiment, Run, User
 
 from .schemas import Column, CompareRun, EventPublic, ExperimentPublic, RunPublic, RunStatus, RunTimings
@@ -36,7 +37,7 @@ def run_public(run: Run) -> RunPublic:
         cancel_requested=run.cancel_requested,
         spec=run.spec,
         timings=timings,
-        summary=run.summary,
+        summary=RunSummary.from_stored(run.summary),
         dataset_info=run.dataset_info,
         error=run.error,
         created_at=run.created_at,
@@ -69,7 +70,7 @@ def compare_run(run: Run) -> CompareRun:
         name=str(run.spec.get("name", "")),
         status=run.status,
         params=run.params or {},
-        summary=run.summary,
+        summary=RunSummary.from_stored(run.summary),
     )
 
 

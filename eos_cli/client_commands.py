@@ -262,6 +262,32 @@ def compare(
         for field in [c for c in frame.columns if c not in ("name",)]:
             table.add_row(field, *(_fmt(v) for v in frame[field]))
         console.print(table)
+        for experiment_id in dict.fromkeys(int(e) for e in frame["experiment"]):
+            console.print(_kappa_table(client.kappa(experiment_id), experiment_id))
+
+
+def _kappa_table(frame: pd.DataFrame, experiment_id: int) -> Table:
+    """κ_B per batch size, pooled over the experiment's analysed runs (eos_core/kappa.py)."""
+    table = Table(
+        title=f"κ_B of experiment {experiment_id}, per batch size",
+        caption="upper: 5% quantile of η·L over the steps judged outside S (at most 5% of them lie below); "
+        "lower: no step outside S, 95% quantile of η·L over the steps in S. Interval: 95%, order statistics.",
+    )
+    for column in ("B", "runs", "κ_B", "bound", "95% interval", "rows outside S", "rows in S"):
+        table.add_column(column, justify="right")
+    for row in frame.itertuples(index=False):
+        high = "∞" if row.kappa_high is None or pd.isna(row.kappa_high) else _fmt(row.kappa_high)
+        interval = f"[{_fmt(row.kappa_low)}, {high}]"
+        table.add_row(
+            str(row.batch_size),
+            str(row.runs),
+            _fmt(row.kappa_B),
+            _fmt(row.kappa_B_bound),
+            "-" if row.kappa_B is None or pd.isna(row.kappa_B) else interval,
+            str(row.rows_outside),
+            str(row.rows_in_S),
+        )
+    return table
 
 
 def plot(

@@ -29,16 +29,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from eos_core.analysis import rate_fit, regime_states
 from eos_core.data import DatasetFilesMissing
+from eos_core.rate import rate
+from eos_core.regimes import verdict_column
 from eos_core.spec import RunSpec
+from eos_core.summary import RunSummary
 from eos_core.sweep import expand_sweep, spec_hash
+from eos_core.verdict import UNDECIDED as UNDECIDED_VERDICT
 
 FIGURES = ("fig4", "fig5", "fig6")
 SCALES = ("small", "paper")
 HIDDEN_SCALES = ("tiny",)  # for the tests: seconds, not minutes
 REUSABLE = ("completed", "diverged")  # finished runs whose trace is the result; failed/cancelled are redone
-TRACE_METRICS = ("loss", "rel_drift", "stable_p", "test_acc")
+TRACE_METRICS = ("loss", "rel_drift", "stable", "stable_p", "param_norm", "test_acc")
 TAG = "eos-figures"
 
 console = Console()
@@ -98,7 +101,7 @@ def _instrument(
 ) -> dict[str, Any]:
     return {
         "every": every,
-        "drift_samples": 16,
+        "drift_samples": min(32, samples),
         "drift_every": drift_every,
         "drift_max_samples": samples,
         "confidence": 0.95,
@@ -238,7 +241,7 @@ class RunData:
     run_id: int
     status: str
     reused: bool
-    summary: dict[str, Any]
+    summary: RunSummary
     trace: dict[str, np.ndarray]
 
     @property
@@ -286,7 +289,8 @@ def _read(session: Any, run: Any, params: dict[str, Any], spec: RunSpec, reused:
     from store.traces import read_trace
 
     trace = read_trace(session=session, run_id=run.id, metrics=list(TRACE_METRICS))
-    return RunData(params, spec, run.id, run.status, reused, dict(run.summary or {}), trace)
+    summary = RunSummary.from_stored(run.summary) or RunSummary()
+    return RunData(params, spec, run.id, run.status, reused, summary, trace)
 
 
 def collect_runs(plan: FigurePlan, sessions: Any, execute: Execute | None = None, show: bool = True) -> FigureRuns:
@@ -361,7 +365,7 @@ def _train(run_id: int, params: dict[str, Any], sessions: Any, execute: Execute,
 # --- drawing ---------------------------------------------------------------------------------------
 
 
-GUIDE_DECADES = 0.5  # the C/(eta t) guide is fitted on the last half decade of steps (and after entrance)
+GUIDE_DECADES = 0.5  # the guide looks at steps >= T / 10**(2 * GUIDE_DECADES), after entrance: the last decade
 DRIFT_BINS = 48  # log-spaced bins of the drift panel's median line
 
 
@@ -374,22 +378,25 @@ class Guide:
 
 
 def tail_guide(run: RunData) -> Guide | None:
-    """L ~ C/(eta t) fitted with the analysis's rate_fit on [max(sqrt(entrance * T), T / 10**GUIDE_DECADES), T].
+    """The analysis's rate (eos_core.rate) on [max(entrance, T / 10**(2 GUIDE_DECADES)), T]: the slope of
+    the loss's running upper envelope, and Ĉ = max η t L there, so Ĉ/(η t) lies on or above the loss.
 
-    The analysis fits from the entrance into S on; a figure's guide describes where the run ends up,
-    after the early transients, so it looks at the last half decade only.
+    The analysis measures from the entrance into S on; a figure's guide describes where the run ends up,
+    after the early transients, so it looks at the last decade only.
     """
     step, loss = run.trace["step"], run.trace["loss"]
     ok = np.isfinite(loss) & (loss > 0)
     if ok.sum() < 3:
         return None
     last = int(step[ok][-1])
-    entrance = run.summary.get("entrance_step") or 0
+    entrance = run.summary.entrance_step or 0
     start = max(int(entrance), int(last / 10 ** (2 * GUIDE_DECADES)), 1)
-    fit = rate_fit(step, loss, run.spec.effective_lr, start)
-    if fit["rate_C"] is None:
+    norm = run.trace.get("param_norm", np.full(len(step), np.nan))
+    fit = rate(step, loss, norm, run.spec.effective_lr, start, (True, None))
+    if fit.get("rate_slope") is None or fit.get("rate_C") is None:
         return None
-    return Guide(float(fit["rate_slope"]), float(fit["rate_C"]), float(fit["rate_fit_from"]), float(last))
+    end = fit.get("rate_window_end") or last
+    return Guide(float(fit["rate_slope"]), float(fit["rate_C"]), float(fit["rate_window_start"]), float(end))
 
 
 def _segments(step: np.ndarray, states: np.ndarray, end: float) -> dict[float, list[tuple[float, float]]]:
@@ -472,11 +479,11 @@ def render(figure: FigureRuns, path: Path, scale: str, dpi: int = 100) -> Path:
             label = f"η = {run.lr:g}"
             if guide is not None:
                 label += f"  (tail slope {guide.slope:+.2f})"
-            acc = run.summary.get("final_test_acc")
+            acc = run.summary.final_test_acc
             if plan.key != "fig4" and acc is not None:
                 label += f", test acc {acc:.2f}"
             if run.status == "diverged":
-                label += f", diverged at {run.summary.get('diverged_step')}"
+                label += f", diverged at {run.summary.diverged_step}"
             (line,) = ax_loss.plot(step[positive], loss[positive], color=color, lw=0.8, label=label)
             handles.append(line)
             if guide is not None:
@@ -487,18 +494,20 @@ def render(figure: FigureRuns, path: Path, scale: str, dpi: int = 100) -> Path:
             measured = positive & np.isfinite(rel)
             ax_drift.plot(step[measured], rel[measured], ".", color=color, ms=2.4, alpha=0.45, mew=0)
             ax_drift.plot(*binned_median(step[measured], rel[measured]), color=color, lw=1.3)
-            stable_p = run.trace["stable_p"]
-            decided = np.isfinite(stable_p)
-            states = regime_states(stable_p[decided], confidence)
+            verdict, _ = verdict_column(run.trace["stable"], run.trace["stable_p"], confidence)
+            decided = np.isfinite(verdict)
+            states = np.where(verdict[decided] == UNDECIDED_VERDICT, math.nan, verdict[decided])
             y = len(runs) - 1 - row
             for state, color_s in ((1.0, IN_S), (0.0, OUT_S), (math.nan, UNDECIDED)):
                 spans = _segments(run.trace["step"][decided], states, float(step[-1]))[state]
                 if spans:
                     ax_s.broken_barh(spans, (y - 0.36, 0.72), facecolors=color_s, edgecolors="none")
-            entrance = run.summary.get("entrance_step")
+            entrance = run.summary.entrance_step
             if entrance is not None:
                 ax_s.plot([max(entrance, 1)], [y + 0.36], marker="v", color="black", ms=6, zorder=6, clip_on=False)
-        guide_handle = Line2D([], [], color="0.3", lw=1.6, ls=(0, (4, 2)), label="C/(η t), fit on the last half decade")
+        guide_handle = Line2D(
+            [], [], color="0.3", lw=1.6, ls=(0, (4, 2)), label="Ĉ/(η t), Ĉ = max η t L on the last decade"
+        )
         ax_loss.legend(handles=[*handles, guide_handle], fontsize=7.5, loc="lower left", framealpha=0.85)
         ax_loss.set_xscale("log")
         ax_loss.set_yscale("log")
@@ -519,8 +528,8 @@ def render(figure: FigureRuns, path: Path, scale: str, dpi: int = 100) -> Path:
     axes[1, 0].set_ylabel("drift D / (η‖∇L‖²)")
     axes[2, 0].set_ylabel("in S?")
     stability_legend = [
-        Patch(color=IN_S, label=f"in S (P[D ≤ 0] ≥ {confidence:g})"),
-        Patch(color=OUT_S, label="outside S"),
+        Patch(color=IN_S, label=f"in S (D ≤ 0 at confidence {confidence:g})"),
+        Patch(color=OUT_S, label="outside S (D > 0)"),
         Patch(color=UNDECIDED, label="undecided"),
         Line2D([], [], color="black", marker="v", ls="none", label="entrance into S"),
     ]
@@ -604,7 +613,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _table(figure: FigureRuns) -> Table:
     table = Table(title=figure.plan.title)
-    for column in ("run", "eta", "B", "source", "status", "entrance", "exits", "tail slope", "final loss", "test acc"):
+    for column in (
+        "run",
+        "eta",
+        "B",
+        "source",
+        "status",
+        "entrance",
+        "exits/1k",
+        "tail slope",
+        "final loss",
+        "test acc",
+    ):
         table.add_column(column, justify="left" if column in ("source", "status") else "right")
     for run in figure.runs:
         guide = tail_guide(run)
@@ -615,11 +635,11 @@ def _table(figure: FigureRuns) -> Table:
             str(run.batch_size),
             "store" if run.reused else "trained",
             run.status,
-            _fmt(s.get("entrance_step")),
-            _fmt(s.get("n_exits")),
+            _fmt(s.entrance_step),
+            _fmt(s.exit_rate_per_1000) if s.exits_resolved is not False else "n.r.",
             _fmt(guide.slope if guide else None),
-            _fmt(s.get("final_loss")),
-            _fmt(s.get("final_test_acc")),
+            _fmt(s.final_loss),
+            _fmt(s.final_test_acc),
         )
     return table
 

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from eos_core.summary import RunSummary
+
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -17,26 +19,44 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _exits(s: RunSummary) -> str:
+    """Exits per 1,000 steps in S after entrance; 'n.r.' where the cadence does not resolve them."""
+    if s.exit_rate_per_1000 is not None:
+        return _fmt(s.exit_rate_per_1000, 2)
+    return "n.r." if s.exits_resolved is False else "-"
+
+
+def _kappa(s: RunSummary) -> str:
+    if s.kappa_B is None:
+        return "-"
+    return f"{'<=' if s.kappa_B_bound == 'upper' else '>='}{_fmt(s.kappa_B, 3)}"
+
+
 def runs_table(rows: Iterable[dict[str, Any]], title: str = "runs") -> Table:
-    """One row per run: the regime analysis a researcher reads first."""
+    """One row per run: the regime analysis a researcher reads first (fields of eos_core.summary.RunSummary).
+
+    exits/1k: exits per 1,000 steps in S after entrance ("n.r.": not resolved at the drift cadence);
+    in S: fraction of steps in S from the first drift measurement on (undecided steps are not in S);
+    κ_B: "<=" an upper bound (5% quantile of η·L outside S), ">=" a lower bound (none outside S).
+    """
     table = Table(title=title)
-    for column in ("run", "params", "status", "entrance", "exits", "in S", "slope", "final loss", "test acc", "s/step"):
+    columns = ("run", "params", "status", "entrance", "exits/1k", "in S", "slope", "κ_B", "final loss", "test acc")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("params", "status") else "right")
     for row in rows:
-        s = row.get("summary") or {}
-        timing = s.get("timing") or {}
+        s = RunSummary.from_stored(row.get("summary")) or RunSummary()
         params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in (row.get("params") or {}).items()) or "-"
         table.add_row(
             str(row["id"]),
             params,
             row["status"],
-            _fmt(s.get("entrance_step")),
-            _fmt(s.get("n_exits")),
-            _fmt(s.get("fraction_in_S_after_entrance"), 2),
-            _fmt(s.get("rate_slope"), 3),
-            _fmt(s.get("final_loss"), 3),
-            _fmt(s.get("final_test_acc"), 3),
-            _fmt(timing.get("seconds_per_step"), 2),
+            _fmt(s.entrance_step),
+            _exits(s),
+            _fmt(s.fraction_in_S, 2),
+            _fmt(s.rate_slope, 3) if s.rate_applies is not False else "n/a",
+            _kappa(s),
+            _fmt(s.final_loss, 3),
+            _fmt(s.final_test_acc, 3),
         )
     return table
 

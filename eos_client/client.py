@@ -34,6 +34,7 @@ from .frames import (
     concat,
     events_frame,
     experiments_frame,
+    kappa_frame,
     runs_frame,
     scalar_fields,
     series_frame,
@@ -243,6 +244,12 @@ class Client:
         runs = self.list_runs(experiment, status)
         chosen = scalar_fields(r.summary for r in runs) if fields == "all" else list(fields)
         return runs_frame(runs, chosen)
+
+    def kappa(self, experiment: int | Experiment) -> pd.DataFrame:
+        """κ_B per batch size, pooled over the experiment's analysed runs: batch_size, runs, kappa_B,
+        kappa_B_bound (upper/lower), kappa_low, kappa_high (95% order-statistic interval), rows_outside,
+        rows_in_S. See eos_core/kappa.py for the exact definition."""
+        return kappa_frame(self._get(f"/experiments/{_experiment_id(experiment)}/kappa"))
 
     def cancel(self, run: RunRef) -> Run:
         """Cancel a run: a queued one at once, a running one at its next trace flush. Conflict if finished."""

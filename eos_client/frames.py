@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
+
+from eos_core.summary import RunSummary
 
 from .models import Run
 
-# Summary fields that `runs()` shows by default, in this order (all scalars; see eos_core/analysis.py).
+# Summary fields that `runs()` shows by default, in this order (all scalars; see eos_core/summary.py).
 SUMMARY_FIELDS: tuple[str, ...] = (
     "entrance_step",
-    "n_exits",
+    "exits_observed",
+    "exit_rate_per_1000",
     "fraction_in_S_after_entrance",
     "rate_slope",
     "rate_C",
-    "stability_constant",
+    "kappa_B",
+    "kappa_B_bound",
     "final_loss",
     "final_acc",
     "final_test_acc",
@@ -28,24 +33,27 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 )
 RUN_COLUMNS = ("run", "experiment", "name", "status", "progress", "step", "steps")
 RANGES = ("", "_min", "_max")
+SummaryLike = RunSummary | Mapping[str, Any] | None
 
 
-def summary_value(summary: dict[str, Any] | None, name: str) -> Any:
-    """A summary field; `seconds_per_step` lives under `timing`."""
-    summary = summary or {}
+def summary_value(summary: SummaryLike, name: str) -> Any:
+    """A RunSummary field by name; `seconds_per_step` lives under `timing`. None where absent."""
+    s = RunSummary.from_stored(summary)
+    if s is None:
+        return None
     if name == "seconds_per_step":
-        return (summary.get("timing") or {}).get(name)
-    return summary.get(name)
+        return s.timing.seconds_per_step if s.timing is not None else None
+    return getattr(s, name, None) if name in RunSummary.model_fields else None
 
 
-def scalar_fields(summaries: Iterable[dict[str, Any] | None]) -> list[str]:
-    """Every scalar summary field present in any of the summaries, in first-seen order (not `status`)."""
-    names: dict[str, None] = {}
+def scalar_fields(summaries: Iterable[SummaryLike]) -> list[str]:
+    """Every scalar RunSummary field set in any of the summaries, in the model's order (not `status`)."""
+    present: set[str] = set()
     for summary in summaries:
-        for key, value in (summary or {}).items():
-            if key != "status" and not isinstance(value, dict | list):
-                names[key] = None
-    return list(names)
+        s = RunSummary.from_stored(summary)
+        if s is not None:
+            present |= {k for k, v in s if v is not None and not isinstance(v, BaseModel | dict | list)}
+    return [k for k in RunSummary.model_fields if k in present and k != "status"]
 
 
 def _params_columns(params: Iterable[dict[str, Any]]) -> list[str]:
@@ -89,6 +97,24 @@ def compare_frame(items: Sequence[dict[str, Any]], fields: Sequence[str] = SUMMA
             *(summary_value(i.get("summary"), f) for f in fields),
         ]
         for i in items
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def kappa_frame(body: dict[str, Any]) -> pd.DataFrame:
+    """GET /experiments/{id}/kappa: one row per batch size (see api.schemas.KappaPublic)."""
+    columns = ["batch_size", "runs", "kappa_B", "kappa_B_bound", "kappa_low", "kappa_high", "rows_outside", "rows_in_S"]
+    rows = [
+        [
+            i["batch_size"],
+            i["runs"],
+            i["kappa_B"],
+            i["kappa_B_bound"],
+            *(i["kappa_B_interval"] or [None, None]),
+            i["kappa_B_rows_outside"],
+            i["kappa_B_rows_in_S"],
+        ]
+        for i in body["items"]
     ]
     return pd.DataFrame(rows, columns=columns)
 

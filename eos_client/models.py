@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from eos_core.summary import RunSummary
+
 FINISHED = frozenset({"completed", "diverged", "failed", "cancelled"})
 
 
@@ -27,7 +29,7 @@ class Run:
     step: int = 0
     steps: int = 0
     progress: float = 0.0  # 0..1, updated at each heartbeat
-    summary: dict[str, Any] | None = None  # the analysis of the finished trace
+    summary: RunSummary | None = None  # the analysis of the finished trace (fields described in eos_core.summary)
     error: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)  # the expanded, validated spec
     queue: str = "cpu"
@@ -57,7 +59,7 @@ class Run:
             step=int(data.get("step") or 0),
             steps=int(data.get("steps") or 0),
             progress=float(data.get("progress") or 0.0),
-            summary=data.get("summary"),
+            summary=RunSummary.from_stored(data.get("summary")),
             error=data.get("error"),
             spec=dict(data.get("spec") or {}),
             queue=str(data.get("queue", "cpu")),

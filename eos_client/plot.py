@@ -27,7 +27,7 @@ def run_labels(runs: Sequence[Run]) -> dict[int, str]:
 
 def effective_lr(run: Run) -> float | None:
     """The step size SGD used (width-scaled for two_layer), from the summary or else the spec."""
-    value = (run.summary or {}).get("lr_effective") or (run.spec.get("optimizer") or {}).get("lr")
+    value = (run.summary.lr_effective if run.summary else None) or (run.spec.get("optimizer") or {}).get("lr")
     return float(value) if value else None
 
 

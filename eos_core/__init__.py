@@ -9,7 +9,9 @@ This package imports no web, database or queue library.
 from typing import TYPE_CHECKING, Any
 
 from .analysis import analyze
+from .kappa import kappa_b
 from .spec import DatasetSpec, InstrumentSpec, ModelSpec, OptimizerSpec, RunSpec
+from .summary import RunSummary
 from .trace import COLUMNS, METRICS
 
 if TYPE_CHECKING:
@@ -36,8 +38,10 @@ __all__ = [
     "OptimizerSpec",
     "RunResult",
     "RunSpec",
+    "RunSummary",
     "StopTraining",
     "analyze",
+    "kappa_b",
     "train",
 ]
 __version__ = "0.1.0"

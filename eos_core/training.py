@@ -19,6 +19,7 @@ from .objective import Objective
 from .sampling import BatchSampler
 from .sharpness import SharpnessTracker
 from .spec import RunSpec
+from .summary import RunSummary
 from .trace import Sink, Trace, TraceRecorder
 
 Progress = Callable[[int, int], object]
@@ -34,7 +35,7 @@ class StopTraining(Exception):
 class RunResult:
     spec: RunSpec
     trace: Trace
-    summary: dict[str, Any]
+    summary: RunSummary  # reads by name too (summary["final_loss"]); summary.to_json() is what the store keeps
     dataset_info: dict[str, Any]
     params: np.ndarray = field(repr=False)
 
@@ -84,24 +85,36 @@ def build_objective(spec: RunSpec, data: Dataset, device: torch.device, eval_see
     )
 
 
-class _Instruments:
-    """Everything measured at a recorded step; draws only from the measurement generator."""
+def _instrument_streams(measure_seed: int) -> dict[str, torch.Generator]:
+    """One generator per instrument, so that turning one off changes no other's values."""
+    children = np.random.SeedSequence(measure_seed).generate_state(4, dtype=np.uint64)
+    names = ("drift", "sharpness", "batch_sharpness", "quad_drift")
+    return {name: _gen(int(c) & 0x7FFF_FFFF_FFFF_FFFF) for name, c in zip(names, children, strict=True)}
 
-    def __init__(self, spec: RunSpec, objective: Objective, sampler: BatchSampler, generator: torch.Generator) -> None:
+
+class _Instruments:
+    """Everything measured at a recorded step; each instrument draws from its own stream."""
+
+    def __init__(self, spec: RunSpec, objective: Objective, sampler: BatchSampler, measure_seed: int) -> None:
         ins = spec.instrument
-        self.spec, self.objective, self.generator = spec, objective, generator
+        self.spec, self.objective = spec, objective
+        self.streams = _instrument_streams(measure_seed)
         self.drift = (
-            DriftEstimator(objective, sampler, generator, ins.drift_samples, ins.drift_max_samples, ins.confidence)
+            DriftEstimator(
+                objective, sampler, self.streams["drift"], ins.drift_samples, ins.drift_max_samples, ins.confidence
+            )
             if ins.drift_samples != 0
             else None
         )
         self.sharpness = (
-            SharpnessTracker(ins.sharpness_tol, ins.sharpness_max_iter, generator) if ins.sharpness_every else None
+            SharpnessTracker(ins.sharpness_tol, ins.sharpness_max_iter, self.streams["sharpness"])
+            if ins.sharpness_every
+            else None
         )
         self.sampler = sampler
         self.seconds = 0.0
 
-    def measure(self, step: int, theta: torch.Tensor) -> dict[str, float]:
+    def measure(self, step: int, theta: torch.Tensor, final: bool = False) -> dict[str, float]:
         started = time.perf_counter()
         ins, obj, lr = self.spec.instrument, self.objective, self.objective.lr
         state = obj.eval_state(theta)
@@ -125,11 +138,11 @@ class _Instruments:
                 drift_samples_used=estimate.samples,
                 rel_drift=estimate.drift / (lr * grad_sq) if grad_sq > 0 else math.nan,
                 stable_p=estimate.stable_p,
-                stable=1.0 if estimate.stable_p >= 0.5 else 0.0,
+                stable=estimate.verdict,
             )
         if self.sharpness is not None and math.isfinite(loss) and step % ins.sharpness_every == 0:
             row.update(self._curvature(theta, grad_sq, estimate))
-        if ins.test_every and step % ins.test_every == 0 and len(obj.x_test):
+        if ins.test_every and (step % ins.test_every == 0 or final) and len(obj.x_test):
             test_loss, test_acc = obj.test_state(theta)
             row.update(test_loss=float(test_loss), test_acc=float(test_acc))
         self.seconds += time.perf_counter() - started
@@ -139,7 +152,7 @@ class _Instruments:
         assert self.sharpness is not None
         obj, lr = self.objective, self.objective.lr
         pair = self.sharpness(obj.eval_hvp(theta), theta)
-        batches = self.sampler.draw(self.spec.instrument.batch_sharpness_samples, self.generator)
+        batches = self.sampler.draw(self.spec.instrument.batch_sharpness_samples, self.streams["batch_sharpness"])
         terms = obj.batch_sharpness_terms(theta, batches.to(theta.device))
         row = {
             "sharpness": pair.value,
@@ -148,12 +161,13 @@ class _Instruments:
             "batch_sharpness": float(terms.double().mean()),
         }
         if estimate is not None:
-            grads = estimate.batch_grads
+            # E_B[g_B^T H g_B] as mean(w * form) over the drift's batches (weights: importance or enumeration).
+            grads, weights = estimate.batch_grads, estimate.batch_weights
             if len(grads) > QUAD_DRIFT_MAX_BATCHES:
-                pick = torch.randperm(len(grads), generator=self.generator)[:QUAD_DRIFT_MAX_BATCHES]
-                grads = grads[pick.to(grads.device)]
+                pick = torch.randperm(len(grads), generator=self.streams["quad_drift"])[:QUAD_DRIFT_MAX_BATCHES]
+                grads, weights = grads[pick.to(grads.device)], weights[pick]
             forms = obj.eval_quadratic_forms(theta, grads)
-            row["quad_drift"] = -lr * grad_sq + 0.5 * lr * lr * float(forms.mean())
+            row["quad_drift"] = -lr * grad_sq + 0.5 * lr * lr * float((weights * forms.cpu()).mean())
         return row
 
 
@@ -176,7 +190,7 @@ def train(
     data = dataset if dataset is not None else load_dataset(spec.dataset, spec.seed)
     objective = build_objective(spec, data, device, eval_seed)
     sampler = BatchSampler(len(data.x_train), spec.optimizer.batch_size, spec.optimizer.sampler, _gen(train_seed))
-    instruments = _Instruments(spec, objective, sampler, _gen(measure_seed))
+    instruments = _Instruments(spec, objective, sampler, measure_seed)
     theta = objective.model.init(_gen(init_seed), objective.x_train.dtype).to(device)
     setup_seconds = time.perf_counter() - started
 
@@ -192,7 +206,7 @@ def train(
             row = -1
             if t % every == 0 or t == steps:
                 row = recorder.new_row(t)
-                values = instruments.measure(t, theta)
+                values = instruments.measure(t, theta, final=t == steps)
                 recorder.set(row, **values)
                 if not math.isfinite(values["loss"]):
                     status = "diverged"  # the guarded loss overflowed: logits beyond the dtype
@@ -226,19 +240,21 @@ def train(
         torch.cuda.synchronize(device)
     loop_seconds = time.perf_counter() - loop_started
     trace = recorder.result()
-    summary = analyze(trace, spec, data.info)
-    summary.update(
-        status=status,
-        device=str(device),
-        lr_effective=lr,
-        lr_scaling="width" if spec.uses_width_scaling else "none",
-        n_params=objective.model.n_params,
-        timing={
-            "setup_seconds": setup_seconds,
-            "loop_seconds": loop_seconds,
-            "measure_seconds": instruments.seconds,
-            "seconds_per_step": loop_seconds / max(1, steps),
-        },
+    summary = RunSummary.model_validate(
+        {
+            **analyze(trace, spec, data.info),
+            "status": status,
+            "device": str(device),
+            "lr_effective": lr,
+            "lr_scaling": "width" if spec.uses_width_scaling else "none",
+            "n_params": objective.model.n_params,
+            "timing": {
+                "setup_seconds": setup_seconds,
+                "loop_seconds": loop_seconds,
+                "measure_seconds": instruments.seconds,
+                "seconds_per_step": loop_seconds / max(1, steps),
+            },
+        }
     )
     return RunResult(spec, trace, summary, data.info, theta.detach().cpu().numpy())
 

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from eos_core.kappa import kappa_b
+from eos_core.regimes import verdict_column
 from eos_core.spec import RunSpec
+from eos_core.summary import RunSummary
 from eos_core.sweep import Sweep, expand_sweep, spec_hash
 
 from .models import FINISHED, ApiToken, Event, Experiment, Run, User, utcnow
+from .traces import read_trace
 
 
 class NotFound(LookupError):
@@ -309,7 +314,7 @@ def finish_run(
     session: Session,
     run: Run,
     status: str,
-    summary: dict[str, Any] | None = None,
+    summary: RunSummary | dict[str, Any] | None = None,
     dataset_info: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> None:
@@ -317,7 +322,7 @@ def finish_run(
     run.finished_at = utcnow()
     run.heartbeat_at = run.finished_at
     if summary is not None:
-        run.summary = summary
+        run.summary = summary.to_json() if isinstance(summary, RunSummary) else summary
         run.progress = 1.0 if status == "completed" else run.progress
     if dataset_info is not None:
         run.dataset_info = dataset_info
@@ -376,18 +381,55 @@ def delete_events(*, session: Session, run_id: int, kinds: Sequence[str]) -> Non
         session.delete(event)
 
 
-def summary_events(summary: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    """(kind, step, details) for the regime changes and divergence an analysis found."""
+def summary_events(summary: RunSummary | Mapping[str, Any] | None) -> list[tuple[str, int, dict[str, Any]]]:
+    """(kind, step, details) for the entrance, the exits and returns after it, and divergence.
+
+    The definitions are RunSummary's (eos_core/regimes.py): steps, known to within the drift
+    cadence (`resolution_steps`). Summaries stored before those definitions give no regime events.
+    """
+    s = RunSummary.from_stored(summary)
+    if s is None:
+        return []
     events: list[tuple[str, int, dict[str, Any]]] = []
-    if summary.get("entrance_step") is not None:
-        events.append(("entrance", int(summary["entrance_step"]), {}))
-    for step in summary.get("exit_steps") or []:
-        events.append(("exit", int(step), {}))
-    for step in summary.get("return_steps") or []:
-        events.append(("return", int(step), {}))
-    if summary.get("diverged_step") is not None:
-        events.append(("divergence", int(summary["diverged_step"]), {}))
+    resolution = {"resolution_steps": s.drift_cadence_steps}
+    if s.entrance_step is not None:
+        events.append(("entrance", s.entrance_step, {"window_steps": s.window_steps, **resolution}))
+    for step in s.exit_steps or []:
+        events.append(("exit", step, resolution))
+    for step in s.return_steps or []:
+        events.append(("return", step, resolution))
+    if s.diverged_step is not None:
+        events.append(("divergence", s.diverged_step, {}))
     return sorted(events, key=lambda e: e[1])
+
+
+# --- κ_B ----------------------------------------------------------------------------------
+
+
+def kappa_by_batch_size(*, session: Session, experiment_id: int) -> list[dict[str, Any]]:
+    """κ_B pooled over the analysed runs of an experiment that share a batch size, one entry per B.
+
+    Each run contributes the (η·L, verdict) pairs of its stored trace (verdicts as the analysis
+    reads them, eos_core.regimes.verdict_column); eos_core.kappa.kappa_b pools them. Entries:
+    `batch_size`, `runs`, `run_ids` and kappa_b's fields, by increasing B.
+    """
+    groups: dict[int, tuple[list[int], list[np.ndarray], list[np.ndarray]]] = {}
+    for run in list_runs(session=session, experiment_id=experiment_id):
+        if run.summary is None:
+            continue
+        spec = RunSpec.model_validate(run.spec)
+        trace = read_trace(session=session, run_id=run.id, metrics=["eta_loss", "stable", "stable_p"])
+        if not len(trace["step"]):
+            continue
+        verdict, _ = verdict_column(trace["stable"], trace["stable_p"], spec.instrument.confidence)
+        ids, eta_loss, verdicts = groups.setdefault(spec.optimizer.batch_size, ([], [], []))
+        ids.append(run.id)
+        eta_loss.append(trace["eta_loss"])
+        verdicts.append(verdict)
+    return [
+        {"batch_size": b, "runs": len(ids), "run_ids": ids, **kappa_b(eta_loss, verdicts)}
+        for b, (ids, eta_loss, verdicts) in sorted(groups.items())
+    ]
 
 
 def now() -> datetime:

@@ -132,7 +132,7 @@ def execute_run(
                 session=session,
                 run=run,
                 status=status,
-                summary=_json_dict(result.summary),
+                summary=result.summary.to_json(),
                 dataset_info=_json_dict(result.dataset_info),
             )
             for kind, step, details in queries.summary_events(result.summary):

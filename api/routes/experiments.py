@@ -13,7 +13,16 @@ from store.models import Experiment, User
 
 from ..deps import CurrentUser, EnqueueDep, SessionDep, SettingsDep, require_owner
 from ..errors import spec_errors, sweep_error
-from ..schemas import ExperimentCreate, ExperimentPublic, ExperimentsPublic, Message, Responses, RunStatus
+from ..schemas import (
+    ExperimentCreate,
+    ExperimentPublic,
+    ExperimentsPublic,
+    KappaPublic,
+    KappasPublic,
+    Message,
+    Responses,
+    RunStatus,
+)
 from ..settings import ApiSettings
 from ..views import experiment_public
 
@@ -90,6 +99,14 @@ def get_experiment(experiment_id: int, session: SessionDep, _user: CurrentUser) 
     experiment = queries.get_experiment(session=session, experiment_id=experiment_id)
     runs = queries.list_runs(session=session, experiment_id=experiment.id)
     return experiment_public(session, experiment, runs)
+
+
+@router.get("/{experiment_id}/kappa", responses=ERRORS)
+def get_kappa(experiment_id: int, session: SessionDep, _user: CurrentUser) -> KappasPublic:
+    """κ_B per batch size, pooled over the experiment's analysed runs from their stored traces."""
+    experiment = queries.get_experiment(session=session, experiment_id=experiment_id)
+    items = queries.kappa_by_batch_size(session=session, experiment_id=experiment.id)
+    return KappasPublic(experiment_id=experiment.id, items=[KappaPublic.model_validate(i) for i in items])
 
 
 @router.delete(

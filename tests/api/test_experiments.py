@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import event
@@ -12,7 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.settings import ApiSettings
+from eos_core.kappa import kappa_b
+from eos_core.trace import METRICS
+from eos_core.verdict import IN_S, OUTSIDE_S
 from store import queries
+from store.traces import append_trace
 
 from .conftest import Api, add_users, small_spec
 
@@ -125,3 +130,29 @@ def test_real_enqueue_sends_to_the_broker_after_commit(sessions: sessionmaker[Se
         assert broker.llen("cpu") == 2
     finally:
         broker.delete("cpu")
+
+
+def test_kappa_per_batch_size_and_summaries_old_and_new(api: Api) -> None:
+    created = api.submit(sweep={"optimizer.batch_size": [2, 8]})
+    x = np.linspace(0.0, 10.0, 50)
+    v = np.where(x > 6, OUTSIDE_S, IN_S)
+    old = {"status": "completed", "final_loss": 0.5, "entrance_step": 3, "stability_constant": 1.5}
+    with api.sessions.begin() as session:
+        for run, summary in zip(created["runs"], (old, {"schema_version": 2, "kappa_B": 7.0}), strict=True):
+            chunk = {name: np.full(50, np.nan) for name in METRICS}
+            chunk.update(step=np.arange(50, dtype=np.int64), eta_loss=x, stable=v)
+            append_trace(session=session, run_id=run["id"], chunk=chunk)
+            db_run = queries.get_run(session=session, run_id=run["id"])
+            queries.finish_run(session=session, run=db_run, status="completed", summary=summary)
+    body = api.get(f"/api/v1/experiments/{created['id']}/kappa").json()
+    assert [i["batch_size"] for i in body["items"]] == [2, 8]
+    expected = kappa_b(x, v)
+    assert body["items"][0]["kappa_B"] == expected["kappa_B"] and body["items"][0]["kappa_B_bound"] == "upper"
+    assert body["items"][0]["kappa_B_interval"] == expected["kappa_B_interval"]
+    runs = {
+        r["params"]["optimizer.batch_size"]: r for r in api.get(f"/api/v1/experiments/{created['id']}").json()["runs"]
+    }
+    assert runs[2]["summary"]["final_loss"] == 0.5 and runs[2]["summary"]["entrance_step"] is None
+    assert runs[2]["summary"]["legacy"] == {"entrance_step": 3, "stability_constant": 1.5}
+    assert runs[8]["summary"]["kappa_B"] == 7.0 and runs[8]["summary"]["legacy"] is None
+    assert api.get("/api/v1/experiments/999999/kappa").status_code == 404

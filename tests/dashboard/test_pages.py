@@ -68,6 +68,13 @@ def test_experiment_page_shows_the_sweep_grid_and_a_heatmap(page: Page, data: Da
     tab.select_option("#heat-field", "final_loss")
 
     assert tab.locator("#runs tbody tr").count() == 4
+    # κ_B per batch size, pooled over the finished runs: what the API computes, row by row.
+    kappa = api.get(f"/experiments/{data.experiment_id}/kappa").json()["items"]
+    rows = tab.locator("#kappa tbody tr")
+    assert rows.count() == len(kappa) >= 1
+    for row, entry in zip(rows.all(), kappa, strict=True):
+        assert int(row.get_attribute("data-batch")) == entry["batch_size"]
+        assert row.locator("td").nth(3).inner_text() == (entry["kappa_B_bound"] or "—")
     assert tab.get_attribute("#compare-link", "href") == f"/compare?runs={','.join(map(str, data.run_ids))}"
     page.screenshot("experiment")
     page.assert_clean()

@@ -109,6 +109,7 @@ def test_compare_status_and_cancel(store: Path) -> None:
     compared = eos("compare", "1", "2", "--db", store)
     assert compared.exit_code == 0, compared.output
     assert "optimizer.lr" in compared.stdout and "run 2" in compared.stdout
+    assert "κ_B of experiment 1, per batch size" in compared.stdout  # pooled over the experiment's runs
     status = eos("status", "--db", store)
     assert status.exit_code == 0 and "2 completed" in status.stdout
     active = eos("status", "--active", "--db", store)

@@ -25,7 +25,7 @@ def test_sweep_gives_one_row_per_run_with_params_and_summary(finished: Finished)
     summaries = [finished.client.run(r).summary or {} for r in runs["run"]]
     assert list(runs["final_loss"]) == [s["final_loss"] for s in summaries]
     assert list(runs["entrance_step"]) == [s["entrance_step"] for s in summaries]
-    assert {"n_exits", "rate_slope", "progress"} <= set(runs.columns)
+    assert {"exits_observed", "exit_rate_per_1000", "rate_slope", "kappa_B", "progress"} <= set(runs.columns)
     every = finished.client.runs(finished.experiment, fields="all")
     assert "max_loss" in every.columns and list(every.columns).count("status") == 1  # the summary's is left out
     assert list(every["max_loss"]) == [s["max_loss"] for s in summaries]

@@ -207,3 +207,34 @@ def test_recorder_grows_instead_of_allocating_every_step_up_front() -> None:
     np.testing.assert_array_equal(result["step"], np.arange(70000))
     np.testing.assert_array_equal(result["loss"], np.arange(70000.0))
     assert np.isnan(result["drift"]).all()
+
+
+def test_each_instrument_draws_from_its_own_stream() -> None:
+    """Turning sharpness off leaves every drift value as it was, and the reverse."""
+    both = train(_spec(device="cpu", optimizer__steps=40)).trace
+    no_sharpness = train(_spec(device="cpu", optimizer__steps=40, instrument__sharpness_every=0)).trace
+    no_drift = train(_spec(device="cpu", optimizer__steps=40, instrument__drift_samples=0)).trace
+    for name in ("drift", "drift_se", "drift_samples_used", "stable_p", "stable"):
+        np.testing.assert_array_equal(no_sharpness[name], both[name], err_msg=name)
+    for name in ("sharpness", "hvps", "batch_sharpness"):
+        np.testing.assert_array_equal(no_drift[name], both[name], err_msg=name)
+    assert np.isfinite(both["quad_drift"]).any() and not np.isfinite(no_drift["quad_drift"]).any()
+
+
+def test_stable_is_the_three_valued_verdict_at_the_sequential_level() -> None:
+    """8 batches doubling to 32: three looks, so each decides at 1 - 0.05 / 3 (Bonferroni)."""
+    trace = train(_spec(device="cpu", optimizer__steps=60, instrument__sharpness_every=0)).trace
+    p, stable = trace["stable_p"], trace["stable"]
+    level = 1 - 0.05 / 3
+    assert set(np.unique(stable[np.isfinite(stable)])) <= {0.0, 0.5, 1.0}
+    np.testing.assert_array_equal(stable == 1.0, p >= level)
+    np.testing.assert_array_equal(stable == 0.0, p <= 1 - level)
+    np.testing.assert_array_equal(stable == 0.5, (p > 1 - level) & (p < level))
+    assert (stable == 0.5).any() and (stable != 0.5).any()
+
+
+def test_test_metrics_are_measured_at_the_final_step() -> None:
+    """30 steps with test_every 100: the final row still carries the test loss and accuracy."""
+    trace = train(_spec(device="cpu", optimizer__steps=30, instrument__test_every=100)).trace
+    assert trace["step"][-1] == 30 and np.isfinite(trace["test_loss"][-1]) and np.isfinite(trace["test_acc"][-1])
+    assert np.isfinite(trace["test_acc"]).sum() == 2  # step 0 and the final step

@@ -9,9 +9,9 @@ const PREFERRED = [
   "rate_slope",
   "rate_C",
   "entrance_step",
-  "n_exits",
+  "exit_rate_per_1000",
   "fraction_in_S_after_entrance",
-  "stability_constant",
+  "kappa_B",
   "final_test_acc",
   "final_test_loss",
   "loss_spikes",
@@ -60,7 +60,9 @@ async function render(main, banner) {
   const statusBox = h("div", { class: "card" }, h("h2", { text: "Runs by cell: status" }), h("div", { id: "status-grid-box" }));
   const heatBox = h("div", { class: "card" }, h("div", { class: "row", id: "heat-controls" }), h("div", { id: "heatmap-box" }));
   const runsBox = h("div", { class: "card", id: "runs-box" });
-  main.append(header, h("div", { class: "card" }, axesBar), h("div", { class: "grids" }, statusBox, heatBox), runsBox);
+  const kappaBox = h("div", { class: "card", id: "kappa-box" });
+  main.append(header, h("div", { class: "card" }, axesBar), h("div", { class: "grids" }, statusBox, heatBox), runsBox, kappaBox);
+  let kappaFor = null; // the finished-run count the κ_B table was read for
   let experiment = null;
 
   const redraw = () => {
@@ -70,8 +72,15 @@ async function render(main, banner) {
     drawHeatmap(heatBox, experiment, state, redraw);
     drawRuns(runsBox, experiment, state);
   };
+  const refreshKappa = async () => {
+    const analysed = experiment.runs.filter((r) => r.summary).length;
+    if (analysed === kappaFor) return;
+    kappaFor = analysed;
+    drawKappa(kappaBox, await api(`/experiments/${id}/kappa`));
+  };
   const refresh = async () => {
     experiment = await api(`/experiments/${id}`);
+    await refreshKappa();
     document.title = `${experiment.name} · eos`;
     redraw();
     return experiment.runs.some((r) => ACTIVE.has(r.status));
@@ -291,7 +300,7 @@ function drawRuns(box, e, state) {
     compare.href = `/compare?runs=${chosen.join(",")}`;
     compare.textContent = state.selected.size ? `Compare ${state.selected.size} selected →` : `Compare all ${ids.length} →`;
   };
-  const columns = ["", "Run", "Cell", "Status", "Progress", "Final loss", "Rate slope", "Entrance", "Exits", "In S after entrance", "κ (η·L)"];
+  const columns = ["", "Run", "Cell", "Status", "Progress", "Final loss", "Rate slope", "Entrance", "Exits / 1,000 steps in S", "In S after entrance", "κ_B (η·L)"];
   const rows = e.runs.map((r) => {
     const s = r.summary || {};
     const box_ = h("input", {
@@ -314,11 +323,11 @@ function drawRuns(box, e, state) {
       h("td", {}, statusBadge(r.status)),
       h("td", {}, progressBar(r.progress), h("span", { class: "small muted", text: ` ${r.step}/${r.steps}` })),
       h("td", { class: "num", text: fmt(s.final_loss) }),
-      h("td", { class: "num", text: fmt(s.rate_slope, 3) }),
+      h("td", { class: "num", text: s.rate_applies === false ? "n/a" : fmt(s.rate_slope, 3) }),
       h("td", { class: "num", text: fmt(s.entrance_step) }),
-      h("td", { class: "num", text: fmt(s.n_exits) }),
+      h("td", { class: "num", text: s.exits_resolved === false ? "not resolved" : fmt(s.exit_rate_per_1000, 3) }),
       h("td", { class: "num", text: fmt(s.fraction_in_S_after_entrance, 3) }),
-      h("td", { class: "num", text: fmt(s.stability_constant, 3) }),
+      h("td", { class: "num", text: s.kappa_B == null ? "—" : `${s.kappa_B_bound === "upper" ? "≤ " : "≥ "}${fmt(s.kappa_B, 3)}` }),
     );
   });
   updateCompare();
@@ -330,3 +339,37 @@ function drawRuns(box, e, state) {
 }
 
 boot(render);
+
+/** κ_B per batch size, pooled over the experiment's analysed runs (GET /experiments/{id}/kappa). */
+function drawKappa(box, body) {
+  const columns = ["Batch size B", "Runs", "κ_B", "Bound", "95% interval", "Steps outside S", "Steps in S"];
+  const interval = (k) => (Array.isArray(k.kappa_B_interval) ? `[${fmt(k.kappa_B_interval[0], 3)}, ${k.kappa_B_interval[1] == null ? "∞" : fmt(k.kappa_B_interval[1], 3)}]` : "—");
+  const rows = body.items.map((k) =>
+    h(
+      "tr",
+      { data: { batch: k.batch_size } },
+      h("td", { class: "num", text: fmt(k.batch_size) }),
+      h("td", { class: "num", text: fmt(k.runs) }),
+      h("td", { class: "num", text: fmt(k.kappa_B, 3) }),
+      h("td", { text: k.kappa_B_bound || "—" }),
+      h("td", { class: "num", text: interval(k) }),
+      h("td", { class: "num", text: fmt(k.kappa_B_rows_outside) }),
+      h("td", { class: "num", text: fmt(k.kappa_B_rows_in_S) }),
+    ),
+  );
+  clear(
+    box,
+    h("h2", { text: "κ_B per batch size" }),
+    body.items.length
+      ? h("table", { class: "data", id: "kappa" }, h("thead", {}, h("tr", {}, columns.map((c) => h("th", { text: c })))), h("tbody", {}, rows))
+      : h("p", { class: "muted", text: "No analysed run yet." }),
+    h("p", {
+      class: "small muted",
+      text:
+        "The paper's stable set contains the sub-level set η·L ≤ κ_B. Pooled over the finished runs with the same B, from their measured steps with a decided verdict. " +
+        "Bound upper: κ_B is the 5% quantile of η·L over the steps judged outside S (at most 5% of them had a smaller η·L). " +
+        "Bound lower: no step was judged outside S; κ_B is the 95% quantile of η·L over the steps in S. " +
+        "Interval: distribution-free 95% interval of that quantile from order statistics (∞: open).",
+    }),
+  );
+}

@@ -118,6 +118,12 @@ function stat(key, value, title, id) {
   return h("div", { class: "stat", title, id }, h("div", { class: "k", text: key }), h("div", { class: "v", text: value }));
 }
 
+/** "[low, high]" of an interval; an open end shows as ∞. */
+function interval(pair, digits) {
+  if (!Array.isArray(pair)) return "—";
+  return `[${fmt(pair[0], digits)}, ${pair[1] == null ? "∞" : fmt(pair[1], digits)}]`;
+}
+
 function drawStats(box, run) {
   const s = run.summary || {};
   const eta = effectiveLr(run);
@@ -127,13 +133,31 @@ function drawStats(box, run) {
     stat("η applied", fmt(eta), "the step size actually applied (η·m for the mean-field two-layer net)"),
     stat("2/η", fmt(eta ? 2 / eta : null), "the classical edge of stability", "two-over-eta"),
     stat("final loss", fmt(s.final_loss)),
-    stat("best loss", s.best_loss === undefined ? "—" : `${fmt(s.best_loss)} @ ${fmt(s.best_step)}`),
-    stat("rate slope", fmt(s.rate_slope, 3), `slope of log L against log t from step ${fmt(s.rate_fit_from)}; the paper predicts −1`),
-    stat("C in L ≈ C/(η t)", fmt(s.rate_C, 3)),
-    stat("entrance into S", fmt(s.entrance_step), "first step judged inside the stable set"),
-    stat("exits from S", fmt(s.n_exits)),
-    stat("in S after entrance", s.fraction_in_S_after_entrance === undefined ? "—" : `${fmt((s.fraction_in_S_after_entrance ?? NaN) * 100, 3)}%`),
-    stat("κ = max stable η·L", fmt(s.stability_constant, 3), s.stability_constant_bound === "lower" ? "a lower bound: no step was confidently unstable" : ""),
+    stat("best loss", s.best_loss == null ? "—" : `${fmt(s.best_loss)} @ ${fmt(s.best_step)}`),
+    stat(
+      "rate slope",
+      s.rate_applies === false ? "n/a" : fmt(s.rate_slope, 3),
+      s.rate_applies === false
+        ? s.rate_note
+        : `least-squares slope of log max_{s≥t} L_s against log t on every recorded step from ${fmt(s.rate_window_start)} to ${fmt(s.rate_window_end)}; 95% block bootstrap ${interval(s.rate_slope_interval, 3)}; the paper predicts −1`,
+    ),
+    stat("Ĉ = max η t L", s.rate_applies === false ? "n/a" : fmt(s.rate_C, 3), `the tightest C in L_t ≤ C/(η t) over the window (reached at step ${fmt(s.rate_C_step)})${s.frozen_from_step != null ? `; the iterate stops moving at step ${s.frozen_from_step}` : ""}`),
+    stat("entrance into S", fmt(s.entrance_step), `first step in S from which every window of ${fmt(s.window_steps)} steps is at least half in S (undecided counts as not in S); drift measured every ${fmt(s.drift_cadence_steps)} steps`),
+    stat(
+      "exits per 1,000 steps in S",
+      s.exits_resolved === false ? "not resolved" : fmt(s.exit_rate_per_1000, 3),
+      s.exits_resolved === false ? s.exits_note : `after entrance; ${fmt(s.exits_observed)} exits in ${fmt(s.steps_in_S_after_entrance)} steps in S; 95% interval ${interval(s.exit_rate_interval, 3)}`,
+    ),
+    stat("in S after entrance", s.fraction_in_S_after_entrance == null ? "—" : `${fmt(s.fraction_in_S_after_entrance * 100, 3)}%`, `fraction of steps from entrance on whose verdict is in S; 95% interval ${interval(s.fraction_in_S_after_entrance_interval, 3)}`),
+    stat(
+      "κ_B",
+      s.kappa_B == null ? "—" : `${s.kappa_B_bound === "upper" ? "≤ " : "≥ "}${fmt(s.kappa_B, 3)}`,
+      s.kappa_B_bound === "upper"
+        ? `an upper bound: the 5% quantile of η·L over the ${fmt(s.kappa_B_rows_outside)} steps judged outside S; 95% interval ${interval(s.kappa_B_interval, 3)}`
+        : s.kappa_B_bound === "lower"
+          ? `a lower bound: no step was judged outside S; the 95% quantile of η·L over the steps in S`
+          : "",
+    ),
     stat("sharpness > 2/η", edge_(s.sharpness_edge)),
     stat("batch sharpness > 2/η", edge_(s.batch_sharpness_edge)),
     stat("loss spikes", fmt(s.loss_spikes), "recorded steps where the loss more than doubled"),

@@ -93,12 +93,12 @@ function drawLoss() {
   const trace = state.loss;
   const s = state.run.summary || {};
   const eta = effectiveLr(state.run);
-  const C = s.rate_C;
+  const C = s.rate_applies === false ? null : s.rate_C;
   const guide = typeof C === "number" && eta ? trace.step.map((t) => C / (eta * t)) : trace.step.map(() => null);
   const c = trace.columns;
   const data = [trace.step, positive(c.loss), positive(c.loss_max), positive(c.loss_min), positive(c.test_loss), guide];
-  const fitFrom = s.rate_fit_from;
-  const last = trace.step[trace.step.length - 1];
+  const fitFrom = s.rate_window_start;
+  const last = typeof s.rate_window_end === "number" ? s.rate_window_end : trace.step[trace.step.length - 1];
   const makeOpts = () => ({
     scales: { x: stepScale(true), y: scale(true) },
     axes: [xAxis("step t", true), yAxis("loss", { log: true })],
@@ -108,7 +108,7 @@ function drawLoss() {
       edge("loss max"),
       edge("loss min"),
       line("test loss", PALETTE[3], { points: true, width: 1 }),
-      line("C/(η t)", "#444444", { dash: [6, 4], width: 1.5 }),
+      line("Ĉ/(η t)", "#444444", { dash: [6, 4], width: 1.5 }),
     ],
     bands: [{ series: [2, 3], fill: rgba(PALETTE[0], 0.18) }],
     cursor: { sync: SYNC, drag: { x: true, y: false } },
@@ -121,8 +121,10 @@ function drawLoss() {
   caption("loss", [
     downsampledNote(trace, "loss"),
     typeof C === "number"
-      ? `Dashed: the paper's rate C/(η t) with C = ${fmt(C, 3)} from the fit (slope ${fmt(s.rate_slope, 3)}; grey: the fit window from step ${fmt(fitFrom)}).`
-      : "The C/(η t) guide appears when the run has finished and its rate was fitted.",
+      ? `Dashed: Ĉ/(η t) with Ĉ = ${fmt(C, 3)} = max η t L over the window (grey, steps ${fmt(fitFrom)}–${fmt(last)}): the loss lies on or below it there. The slope of the loss's running upper envelope is ${fmt(s.rate_slope, 3)} (the paper: −1).`
+      : s.rate_applies === false
+        ? `No rate: ${s.rate_note}.`
+        : "The Ĉ/(η t) guide appears when the run has finished and its rate was measured.",
     "Vertical lines: entrance into S (green), exits (red), returns (blue).",
   ]);
 }
@@ -134,7 +136,7 @@ function linthresh(values) {
   return 10 ** Math.floor(Math.log10(q)); // a whole decade, so the axis labels stay round
 }
 
-/** Steps inside S: each measured `stable` value (a bucket's fraction in S) holds until the next one. */
+/** Steps inside S: each measured `stable` verdict (1 in S, 0.5 undecided, 0 outside; a bucket's mean) holds until the next one. */
 function stableRanges(step, stable) {
   const out = [];
   let value = null;
@@ -173,7 +175,7 @@ function drawDrift() {
   });
   upsert("drift", `drift:${state.logSteps}:${state.driftScale}`, makeOpts, data);
   caption("drift", [
-    `${measured} measured points; band: ± one standard error. Green: steps judged inside the stable set S = {D ≤ 0} (shade: the fraction of the bucket's steps in S).`,
+    `${measured} measured points; band: ± one standard error. Green: the verdict, held until the next measurement: full shade in the stable set S = {D ≤ 0} (confidently), half shade undecided, none outside S (a bucket shows its mean verdict).`,
     symlog ? `Symmetric log axis, linear within ±${fmt(threshold, 2)}.` : "",
   ]);
 }
@@ -206,18 +208,23 @@ function drawSharpness() {
 
 function drawEtaLoss() {
   const { step, columns: c } = rows(state.dynamics, state.logSteps);
-  const kappa = state.run.summary ? state.run.summary.stability_constant : null;
+  const s = state.run.summary || {};
+  const kappa = s.kappa_B;
   const data = [step, positive(c.eta_loss), step.map(() => (typeof kappa === "number" && kappa > 0 ? kappa : null))];
   const makeOpts = () => ({
     scales: { x: stepScale(state.logSteps), y: scale(true) },
     axes: [xAxis("step", state.logSteps), yAxis("η·L", { log: true })],
-    series: [{ label: "step", value: (_u, v) => fmt(v) }, line("η·L", PALETTE[2]), line("κ", "#444444", { dash: [6, 4] })],
+    series: [{ label: "step", value: (_u, v) => fmt(v) }, line("η·L", PALETTE[2]), line("κ_B", "#444444", { dash: [6, 4] })],
     cursor: { sync: SYNC, drag: { x: true, y: false } },
     plugins: [markers(regimeLines)],
   });
   upsert("etaLoss", `etaLoss:${state.logSteps}`, makeOpts, data);
   caption("etaLoss", [
     "The paper's stable set is a loss sub-level set L ≤ κ_B/η.",
-    typeof kappa === "number" ? `Dashed: κ = ${fmt(kappa, 3)}, the largest η·L at which the drift was reliably ≤ 0.` : "",
+    typeof kappa === "number"
+      ? s.kappa_B_bound === "upper"
+        ? `Dashed: κ_B ≤ ${fmt(kappa, 3)}, the 5% quantile of η·L over this run's ${s.kappa_B_rows_outside} steps judged outside S (an upper bound on κ_B).`
+        : `Dashed: κ_B ≥ ${fmt(kappa, 3)}: no step was judged outside S; the 95% quantile of η·L over the steps in S (a lower bound).`
+      : "",
   ]);
 }

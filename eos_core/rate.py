@@ -1,0 +1,140 @@
+"""The paper's rate in the stable regime, L(θ_t) <= C / (η t), measured as an upper bound.
+
+- Window: the recorded steps t with t >= t0 and t >= 1, where t0 is the entrance into S (or,
+  when there is none, a tenth of the run: `rate_window_rule` says which), and t before
+  `frozen_from_step` when the iterate has stopped moving.
+- Ĉ = max over the window of η t L_t (and the step where it is reached).
+- Envelope: E_t = max over recorded s >= t in the window of L_s, the tightest non-increasing
+  upper envelope of the loss. The slope is the least-squares slope of log E_t on log t over
+  every recorded step of the window. Its interval is a block bootstrap: the window is cut into
+  RATE_BLOCKS blocks of equal width in log t, blocks are drawn with replacement
+  (numpy default_rng(0), RATE_RESAMPLES resamples) and the slope refitted; the interval is the
+  percentile interval at LEVEL.
+- Frozen: the loss is exactly 0 from some recorded step to the end, or the loss and the
+  parameter norm are both exactly constant from some recorded step to the end (at least two
+  rows): the iterate no longer moves at the dtype's resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .regimes import LEVEL
+
+RATE_BLOCKS = 10
+RATE_RESAMPLES = 1000
+RATE_MIN_POINTS = 3
+BEST_CURVE_POINTS = 64  # log-spaced points of the best-iterate curve (a plot, not a fit)
+
+
+def frozen_from(step: np.ndarray, loss: np.ndarray, param_norm: np.ndarray) -> int | None:
+    """The first recorded step from which the iterate no longer moves (see the module doc)."""
+    ok = np.isfinite(loss)
+    s, l_, p = step[ok], loss[ok], param_norm[ok]
+    if len(s) < 2:
+        return None
+    zero = l_ == 0
+    if zero[-1]:
+        first = len(zero) - int(np.argmin(zero[::-1])) if not zero.all() else 0
+        return int(s[first])
+    same = (l_[:-1] == l_[-1]) & ((p[:-1] == p[-1]) | (np.isnan(p[:-1]) & np.isnan(p[-1])))
+    if not same[-1]:
+        return None
+    run = len(same) - int(np.argmin(same[::-1])) if not same.all() else 0
+    return int(s[run])
+
+
+def upper_envelope(loss: np.ndarray) -> np.ndarray:
+    """E_i = max_{j >= i} loss_j: the tightest non-increasing upper envelope."""
+    return np.maximum.accumulate(loss[::-1])[::-1]
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+
+
+def envelope_slope(t: np.ndarray, loss: np.ndarray) -> tuple[float, list[float] | None]:
+    """Least-squares slope of log E_t on log t, and its block-bootstrap interval."""
+    x, y = np.log(t.astype(np.float64)), np.log(upper_envelope(loss))
+    slope = _slope(x, y)
+    edges = np.linspace(x[0], x[-1], RATE_BLOCKS + 1)
+    block = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, RATE_BLOCKS - 1)
+    members = [np.flatnonzero(block == b) for b in range(RATE_BLOCKS)]
+    members = [m for m in members if len(m)]
+    if len(members) < 3:
+        return slope, None
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(RATE_RESAMPLES):
+        pick = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        if np.ptp(x[pick]) > 0:
+            draws.append(_slope(x[pick], y[pick]))
+    a = (1 - LEVEL) / 2
+    return slope, [float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))]
+
+
+def rate_applies(spec_model: str, dataset_info: dict[str, Any] | None) -> tuple[bool | None, str | None]:
+    separable = (dataset_info or {}).get("separable")
+    if separable is False and spec_model == "linear":
+        return False, "the training data are not linearly separable: the 1/t rate of a linear model does not apply"
+    if separable is None:
+        return None, "separability was not checked: the 1/t rate is a statement about separable data"
+    return True, None
+
+
+def rate(
+    step: np.ndarray,
+    loss: np.ndarray,
+    param_norm: np.ndarray,
+    lr: float,
+    entrance: int | None,
+    applies: tuple[bool | None, str | None],
+) -> dict[str, Any]:
+    """The rate fields of RunSummary."""
+    frozen = frozen_from(step, loss, param_norm)
+    last = int(step[-1]) if len(step) else 0
+    start, rule = (entrance, "entrance") if entrance is not None else (last // 10, "tenth_of_run")
+    out: dict[str, Any] = {
+        "rate_applies": applies[0],
+        "rate_note": applies[1],
+        "frozen_from_step": frozen,
+        "rate_window_start": max(start, 1),
+        "rate_window_rule": rule,
+    }
+    if applies[0] is False:
+        return out
+    ok = np.isfinite(loss) & (loss > 0) & (step >= max(start, 1))
+    if frozen is not None:
+        ok &= step < frozen
+    t, l_ = step[ok], loss[ok]
+    if len(t) == 0:
+        return out
+    c = lr * t.astype(np.float64) * l_
+    out.update(rate_C=float(c.max()), rate_C_step=int(t[int(np.argmax(c))]), rate_points=len(t))
+    if len(t) >= RATE_MIN_POINTS and t[-1] > t[0]:
+        slope, interval = envelope_slope(t, l_)
+        out.update(rate_slope=slope, rate_slope_interval=interval, rate_window_end=int(t[-1]))
+    return out
+
+
+def best_iterate(step: np.ndarray, loss: np.ndarray) -> dict[str, Any]:
+    """min_{s <= t} L(θ_s) at about BEST_CURVE_POINTS log-spaced recorded steps (and step 0)."""
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return {"best_loss": None, "best_step": None, "best_iterate_curve": None}
+    s, best = step[ok], np.minimum.accumulate(loss[ok])
+    positive = np.flatnonzero(s >= 1)
+    pick = positive
+    if len(positive) > BEST_CURVE_POINTS:
+        targets = np.geomspace(s[positive[0]], s[positive[-1]], BEST_CURVE_POINTS)
+        pick = positive[np.unique(np.clip(np.searchsorted(s[positive], targets), 0, len(positive) - 1))]
+    if s[0] == 0:
+        pick = np.concatenate([[0], pick])
+    return {
+        "best_loss": float(best[-1]),
+        "best_step": int(s[int(np.argmin(loss[ok]))]),
+        "best_iterate_curve": {"step": s[pick].astype(int).tolist(), "loss": best[pick].tolist()},
+    }
