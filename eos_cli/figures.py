@@ -528,7 +528,7 @@ def render(figure: FigureRuns, path: Path, scale: str, dpi: int = 100) -> Path:
     axes[1, 0].set_ylabel("drift D / (η‖∇L‖²)")
     axes[2, 0].set_ylabel("in S?")
     stability_legend = [
-        Patch(color=IN_S, label=f"in S (D ≤ 0 at confidence {confidence:g})"),
+        Patch(color=IN_S, label=f"in S (D ≤ 0, wrong at most {1 - confidence:.0%} of the time)"),
         Patch(color=OUT_S, label="outside S (D > 0)"),
         Patch(color=UNDECIDED, label="undecided"),
         Line2D([], [], color="black", marker="v", ls="none", label="entrance into S"),

@@ -28,7 +28,8 @@ from scipy.stats import norm
 
 from .objective import Objective
 from .sampling import BatchSampler
-from .verdict import OUTSIDE_S, verdict
+from .spec import MAX_EXACT_BATCHES
+from .verdict import OUTSIDE_S, UNDECIDED, verdict
 
 # Share of the importance proposal that is uniform: bounds every weight by 1 / DEFENSIVE.
 DEFENSIVE = 0.5
@@ -142,7 +143,8 @@ class DriftEstimator:
         self.importance = importance
         count = sampler.distinct_count()
         # Enumerate when asked, or whenever it costs no more than the sampling budget.
-        self.exact = samples == "exact" or (enumerate_when_few and count is not None and count <= self.max_samples)
+        few = count is not None and count <= min(self.max_samples, MAX_EXACT_BATCHES)
+        self.exact = samples == "exact" or (enumerate_when_few and few)
         self._all = sampler.enumerate_all() if self.exact else None
 
     def _evaluate(
@@ -190,23 +192,25 @@ class DriftEstimator:
             y, c, g, losses = self._evaluate(theta, batches, grad_l)
             if not bool(torch.isfinite(y).all()):
                 return _overflowed(y, g)  # a step so large the loss after it overflows
-            ys.append(weights * y)
+            ys.append(weights * y.cpu())  # the weights live on the CPU, the losses on theta's device
             cs.append(weights * c.cpu())
             gs.append(g)
             ws.append(weights)
             start = float(losses[0])
-            after.append(losses[1:])
+            after.append(losses[1:].cpu())
             drawn += chunk
             wy, wc = torch.cat(ys), torch.cat(cs)
             d, se, raw_var, cv_var = control_variate_mean(wy, wc, c_mean)
             rounding = _rounding_error(start, torch.cat(after), theta.dtype, logit_scale)
             floors = (unseen_error(wy, wc, c_mean, torch.finfo(theta.dtype).eps), rounding)
             se = math.hypot(se, *floors)  # hypot: squares of errors at losses near 1e-160 underflow
-            settled = abs(d) > self.z * se and drawn >= SKEW_DRAWS * _skewness(wy, wc) ** 2
-            if settled or drawn >= self.max_samples:
+            trusted = drawn >= SKEW_DRAWS * _skewness(wy, wc) ** 2
+            if (abs(d) > self.z * se and trusted) or drawn >= self.max_samples:
                 break
             chunk = min(drawn, self.max_samples - drawn)  # double the sample
         stable_p = _probability_nonpositive(d, se)
+        # A budget spent while the residuals were still too skewed for a normal interval decides nothing.
+        decided = verdict(stable_p, self.level) if trusted else UNDECIDED
         return DriftEstimate(
             d,
             se,
@@ -218,7 +222,7 @@ class DriftEstimator:
             raw_var,
             cv_var,
             drawn + len(ys),
-            verdict(stable_p, self.level),
+            decided,
         )
 
     def _enumerate(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:

@@ -238,3 +238,52 @@ def test_test_metrics_are_measured_at_the_final_step() -> None:
     trace = train(_spec(device="cpu", optimizer__steps=30, instrument__test_every=100)).trace
     assert trace["step"][-1] == 30 and np.isfinite(trace["test_loss"][-1]) and np.isfinite(trace["test_acc"][-1])
     assert np.isfinite(trace["test_acc"]).sum() == 2  # step 0 and the final step
+
+
+def test_quad_drift_with_an_eval_subset_matches_a_dense_hessian() -> None:
+    """-eta <grad L_eval, grad L_train> + eta^2/2 E_i[g_i^T H_eval g_i], B = 1 enumerated, float64."""
+    from torch.func import grad, hessian
+
+    from eos_core.data import load_dataset
+    from eos_core.training import _seeds, build_objective
+
+    spec = _spec(
+        device="cpu",
+        dtype="float64",
+        optimizer__steps=1,
+        optimizer__batch_size=1,
+        optimizer__lr=3.0,
+        instrument__eval_subset=20,
+        instrument__sharpness_every=1,
+        instrument__drift_max_samples=256,  # B = 1 on the 48 training points is enumerated,
+        dataset__per_class=15,  # and all 48 batch gradients enter quad_drift (at most 64 do)
+    )
+    trace = train(spec).trace
+    obj = build_objective(spec, load_dataset(spec.dataset, spec.seed), torch.device("cpu"), _seeds(spec.seed)[3])
+    theta = obj.model.init(torch.Generator().manual_seed(_seeds(spec.seed)[0]), torch.float64)
+    assert obj.x_eval.shape[0] == 20 < obj.x_train.shape[0]
+    h = hessian(obj.eval_loss)(theta)
+    g_eval = grad(obj.eval_loss)(theta)
+    per_example = [
+        grad(lambda th, i=i: obj.loss_on(th, obj.x_train[i : i + 1], obj.y_train[i : i + 1]))(theta)
+        for i in range(len(obj.x_train))
+    ]
+    g_train = torch.stack(per_example).mean(0)
+    curvature = torch.stack([g @ h @ g for g in per_example]).mean()
+    expected = -3.0 * float(g_eval @ g_train) + 0.5 * 9.0 * float(curvature)
+    assert trace["drift_se"][0] == 0  # B = 1 on this set is enumerated: the weights are exact
+    np.testing.assert_allclose(trace["quad_drift"][0], expected, rtol=1e-9)
+
+
+def test_a_large_drift_budget_on_a_large_set_samples_instead_of_failing() -> None:
+    """More distinct batches than can be enumerated, fewer than the budget: sample, do not crash."""
+    spec = _spec(
+        device="cpu",
+        optimizer__steps=2,
+        optimizer__batch_size=1,
+        dataset__per_class=1600,  # 5,120 training points: more than MAX_EXACT_BATCHES
+        instrument__drift_max_samples=8192,
+        instrument__sharpness_every=0,
+    )
+    trace = train(spec).trace
+    assert np.all(trace["drift_se"][np.isfinite(trace["drift"])] > 0)
