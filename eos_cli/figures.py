@@ -386,7 +386,7 @@ def tail_guide(run: RunData) -> Guide | None:
     """
     step, loss = run.trace["step"], run.trace["loss"]
     ok = np.isfinite(loss) & (loss > 0)
-    if ok.sum() < 3:
+    if ok.sum() < 3 or run.summary.rate_applies is False:  # no C/(eta t) guide where the 1/t rate does not apply
         return None
     last = int(step[ok][-1])
     entrance = run.summary.entrance_step or 0

@@ -207,6 +207,8 @@ class DriftEstimator:
             trusted = drawn >= SKEW_DRAWS * _skewness(wy, wc) ** 2
             if (abs(d) > self.z * se and trusted) or drawn >= self.max_samples:
                 break
+            if start == 0.0 and not bool(wy.any()):
+                break  # every loss has underflowed to 0: more batches cannot resolve the sign
             chunk = min(drawn, self.max_samples - drawn)  # double the sample
         stable_p = _probability_nonpositive(d, se)
         # A budget spent while the residuals were still too skewed for a normal interval decides nothing.

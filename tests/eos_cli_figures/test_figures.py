@@ -236,11 +236,13 @@ def test_mnist_and_cifar10_are_used_when_their_files_are_there(tmp_path: Path, m
 # --- the pieces of the drawing ---------------------------------------------------------------------
 
 
-def _run(step: np.ndarray, loss: np.ndarray, lr: float, entrance: int | None = 0) -> RunData:
+def _run(
+    step: np.ndarray, loss: np.ndarray, lr: float, entrance: int | None = 0, applies: bool | None = True
+) -> RunData:
     spec = RunSpec.model_validate({"optimizer": {"lr": lr}})
     nan = np.full(len(step), np.nan)
     trace = {"step": step, "loss": loss, "rel_drift": nan, "stable": nan, "stable_p": nan, "test_acc": nan}
-    return RunData({}, spec, 1, "completed", True, RunSummary(entrance_step=entrance), trace)
+    return RunData({}, spec, 1, "completed", True, RunSummary(entrance_step=entrance, rate_applies=applies), trace)
 
 
 def test_the_guide_recovers_c_over_eta_t() -> None:
@@ -255,6 +257,8 @@ def test_the_guide_recovers_c_over_eta_t() -> None:
     late = tail_guide(_run(step, loss, lr=10.0, entrance=9000))
     assert late is not None and late.t_from == 9000
     assert tail_guide(_run(step[:2], loss[:2], lr=10.0)) is None
+    assert tail_guide(_run(step, loss, lr=10.0, applies=False)) is None  # not separable: no 1/t guide
+    assert tail_guide(_run(step, loss, lr=10.0, applies=None)) is not None  # not checked: drawn
 
 
 def test_binned_median_and_a_figure_of_a_failed_run(tmp_path: Path) -> None:

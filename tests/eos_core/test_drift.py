@@ -183,3 +183,18 @@ def test_a_sampled_verdict_is_undecided_when_the_budget_cannot_settle_it() -> No
         theta, grad
     )
     assert estimate.samples == 2 and estimate.stable_p == 0.5  # too few to estimate an error
+
+
+def test_a_loss_underflowed_to_zero_is_undecided_without_spending_the_budget() -> None:
+    obj, sampler, theta = _setup(lr=5.0, batch_size=4, dtype="float32")
+    # Gradient descent separates this set (margin 3); scaled up, every float32 loss is exactly 0.
+    theta = torch.zeros_like(theta)
+    for _ in range(200):
+        g, _ = obj.batch_grad_and_loss(theta, torch.arange(len(obj.x_train)))
+        theta = theta - 500.0 * g
+    theta = 1e4 * theta
+    assert float(obj.eval_loss(theta)) == 0.0
+    estimate = DriftEstimator(obj, sampler, torch.Generator().manual_seed(0), 16, 256, 0.95)(
+        theta, obj.eval_state(theta)["grad"]
+    )
+    assert estimate.drift == 0.0 and estimate.samples == 16 and estimate.verdict == 0.5
