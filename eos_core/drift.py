@@ -11,11 +11,16 @@ its stated error is honest where L(theta - eta g_b) is heavy-tailed:
   the batches holding hard examples, which dominate the mean at large steps, are drawn
   often instead of being missed.
 - A control variate with known mean, Y_b = -eta <grad L, g_b>, E[Y_b] = -eta <grad L, grad L_train>.
-- A jackknife error for the regression estimator, with two floors it cannot fall below:
-  one more draw as extreme as the most extreme one seen (the batches not yet drawn), and
-  the floating-point rounding of the loss difference (it does not average out).
-- Batches are drawn, doubling, until the one-sided interval at the spec's confidence
-  decides the sign or the budget is spent; then the verdict is undecided, not a sign.
+- A jackknife error for the regression estimator, with floors it cannot fall below: one
+  more draw as extreme as the most extreme one seen (the batches not yet drawn), the gap
+  a near-perfect fit with a non-Taylor slope extrapolates over, and the floating-point
+  rounding of the loss difference (it does not average out).
+- Batches are drawn, doubling, until the sign is decided at a level that accounts for the
+  sequential looks (Bonferroni: each at 1 - (1 - confidence) / looks) and the residuals are
+  not too skewed for a normal interval, or the budget is spent; then the verdict is
+  undecided, not a sign.
+
+The constants below were chosen on bench/drift_calibration.py's bank of exact answers.
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2
     if farthest <= 64 * eps * float(yc.abs().max()):
         farthest = float(yc.abs().max())
     extreme = EXTREME_SHARE * farthest / (y.numel() + 1)
-    # Counted only for a near-perfect fit (R^2 from 0.9 to 1) whose slope is not the Taylor one.
+    # Counted for a good fit (weight rising over R^2 from DEGENERATE_R2 to 1) whose slope is not the Taylor one.
     r2 = 1.0 - float((residual * residual).sum()) / max(float((yc * yc).sum()), 1e-300)
     fit = min(1.0, max(0.0, (r2 - DEGENERATE_R2) / (1.0 - DEGENERATE_R2)))
     degenerate = fit * min(1.0, abs(1.0 - beta) / 0.1)
