@@ -61,6 +61,18 @@ class DriftEstimate:
     cv_variance: float  # the same after the control variate
     evaluations: int = 0  # losses on the evaluation set spent (the K steps and L(theta))
     verdict: float = math.nan  # IN_S, UNDECIDED or OUTSIDE_S (eos_core.verdict), at the sequential level
+    # E_B[-eta <grad L, g_B>] = -eta <grad L_eval, grad L_train>: the control variate's mean,
+    # and the first-order term of the second-order prediction quad_drift.
+    first_order: float = math.nan
+
+
+def _regression(y: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Centred float64 Y and C on the CPU and the slope beta = cov(Y, C) / var(C) (0 if C is constant)."""
+    y64, c64 = y.double().cpu(), c.double().cpu()
+    yc, cc = y64 - y64.mean(), c64 - c64.mean()  # centred: the regression is shift invariant
+    s_cc = float((cc * cc).sum())
+    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    return yc, cc, beta
 
 
 def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
@@ -72,15 +84,12 @@ def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tup
     error re-estimates beta each time and is better calibrated.
     """
     k = y.numel()
-    y64, c64 = y.double().cpu(), c.double().cpu()
+    y_bar, c_bar = float(y.double().mean()), float(c.double().mean())
     if k < 3:
-        return float(y64.mean()), float("inf"), float("nan"), float("nan")
-    y_bar, c_bar = y64.mean(), c64.mean()
-    yc, cc = y64 - y_bar, c64 - c_bar  # centred: the regression is shift invariant
-    shift = c_mean - float(c_bar)
-    s_cc = float((cc * cc).sum())
-    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
-    estimate = float(y_bar) - beta * (-shift)  # mean(Y) - beta (mean(C) - E[C])
+        return y_bar, float("inf"), float("nan"), float("nan")
+    yc, cc, beta = _regression(y, c)
+    shift = c_mean - c_bar
+    estimate = y_bar - beta * (-shift)  # mean(Y) - beta (mean(C) - E[C])
     raw_var = float(yc.var(unbiased=True))
     cv_var = float((yc - beta * cc).var(unbiased=True))
     # Leave-one-out estimates from the sums, all at once.
@@ -105,10 +114,7 @@ def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2
     When every residual is at the rounding level (`eps`, the loss's dtype), no draw crossed a
     kink of the saturated loss at all, and the farthest raw deviation stands in for the residual.
     """
-    y64, c64 = y.double().cpu(), c.double().cpu()
-    yc, cc = y64 - y64.mean(), c64 - c64.mean()
-    s_cc = float((cc * cc).sum())
-    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    yc, cc, beta = _regression(y, c)
     residual = yc - beta * cc
     farthest = float(residual.abs().max())
     if farthest <= 64 * eps * float(yc.abs().max()):
@@ -118,7 +124,7 @@ def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2
     r2 = 1.0 - float((residual * residual).sum()) / max(float((yc * yc).sum()), 1e-300)
     fit = min(1.0, max(0.0, (r2 - DEGENERATE_R2) / (1.0 - DEGENERATE_R2)))
     degenerate = fit * min(1.0, abs(1.0 - beta) / 0.1)
-    extrapolation = degenerate * abs((1.0 - beta) * (float(c64.mean()) - c_mean))
+    extrapolation = degenerate * abs((1.0 - beta) * (float(c.double().mean()) - c_mean))
     return math.hypot(extreme, extrapolation)
 
 
@@ -196,7 +202,7 @@ class DriftEstimator:
             batches, weights = self.sampler.draw_weighted(chunk, proposal, self.generator)
             y, c, g, losses = self._evaluate(theta, batches, grad_l)
             if not bool(torch.isfinite(y).all()):
-                return _overflowed(y, g)  # a step so large the loss after it overflows
+                return _overflowed(y, g, c_mean)  # a step so large the loss after it overflows
             ys.append(weights * y.cpu())  # the weights live on the CPU, the losses on theta's device
             cs.append(weights * c.cpu())
             gs.append(g)
@@ -230,19 +236,22 @@ class DriftEstimator:
             cv_var,
             drawn + len(ys),
             decided,
+            c_mean,
         )
 
     def _enumerate(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
         assert self._all is not None
         batches, weights = self._all
         y, _, g, _ = self._evaluate(theta, batches, grad_l)
+        c_mean = self._control_mean(theta, grad_l)
         if not bool(torch.isfinite(y).all()):
-            return _overflowed(y, g)
+            return _overflowed(y, g, c_mean)
         wy = weights * y.cpu()
         d = float(wy.mean())
         var = float(wy.var()) if wy.numel() > 1 else 0.0
         p = 1.0 if d <= 0 else 0.0
-        return DriftEstimate(d, 0.0, len(batches), p, True, g, weights, var, 0.0, len(batches) + 1, verdict(p, 0.5))
+        count = len(batches)
+        return DriftEstimate(d, 0.0, count, p, True, g, weights, var, 0.0, count + 1, verdict(p, 0.5), c_mean)
 
 
 def _looks(first: int, budget: int) -> int:
@@ -256,10 +265,7 @@ def _looks(first: int, budget: int) -> int:
 
 def _skewness(y: torch.Tensor, c: torch.Tensor) -> float:
     """Sample skewness of the regression residuals Y - beta C."""
-    y64, c64 = y.double().cpu(), c.double().cpu()
-    yc, cc = y64 - y64.mean(), c64 - c64.mean()
-    s_cc = float((cc * cc).sum())
-    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    yc, cc, beta = _regression(y, c)
     residual = yc - beta * cc
     m2 = float((residual * residual).mean())
     return float((residual**3).mean()) / m2**1.5 if m2 > 0 else 0.0
@@ -280,11 +286,11 @@ def _rounding_error(start: float, after: torch.Tensor, dtype: torch.dtype, logit
     return relative * (abs(start) + float(after.abs().mean())) + info.tiny
 
 
-def _overflowed(y: torch.Tensor, grads: torch.Tensor) -> DriftEstimate:
+def _overflowed(y: torch.Tensor, grads: torch.Tensor, first_order: float) -> DriftEstimate:
     # The loss after some step overflowed (inf, or NaN where the logits themselves broke).
     weights = torch.ones(len(grads), dtype=torch.float64)
     return DriftEstimate(
-        math.inf, 0.0, y.numel(), 0.0, False, grads, weights, math.nan, math.nan, y.numel() + 1, OUTSIDE_S
+        math.inf, 0.0, y.numel(), 0.0, False, grads, weights, math.nan, math.nan, y.numel() + 1, OUTSIDE_S, first_order
     )
 
 

@@ -141,16 +141,14 @@ class _Instruments:
                 stable=estimate.verdict,
             )
         if self.sharpness is not None and math.isfinite(loss) and step % ins.sharpness_every == 0:
-            row.update(self._curvature(theta, grad64, grad_sq, estimate))
+            row.update(self._curvature(theta, estimate))
         if ins.test_every and (step % ins.test_every == 0 or final) and len(obj.x_test):
             test_loss, test_acc = obj.test_state(theta)
             row.update(test_loss=float(test_loss), test_acc=float(test_acc))
         self.seconds += time.perf_counter() - started
         return row
 
-    def _curvature(
-        self, theta: torch.Tensor, grad64: torch.Tensor, grad_sq: float, estimate: DriftEstimate | None
-    ) -> dict[str, float]:
+    def _curvature(self, theta: torch.Tensor, estimate: DriftEstimate | None) -> dict[str, float]:
         assert self.sharpness is not None
         obj, lr = self.objective, self.objective.lr
         pair = self.sharpness(obj.eval_hvp(theta), theta)
@@ -169,9 +167,7 @@ class _Instruments:
                 pick = torch.randperm(len(grads), generator=self.streams["quad_drift"])[:QUAD_DRIFT_MAX_BATCHES]
                 grads, weights = grads[pick.to(grads.device)], weights[pick]
             forms = obj.eval_quadratic_forms(theta, grads)
-            # First order: -eta <grad L_eval, E g_B>, and E g_B is the training-set gradient.
-            first = -lr * grad_sq if obj.eval_is_train else -lr * float(grad64 @ obj.train_grad(theta).double())
-            row["quad_drift"] = first + 0.5 * lr * lr * float((weights * forms.cpu()).mean())
+            row["quad_drift"] = estimate.first_order + 0.5 * lr * lr * float((weights * forms.cpu()).mean())
         return row
 
 

@@ -91,6 +91,12 @@ export function fmt(value, digits = 4) {
   return String(Number(value.toPrecision(digits)));
 }
 
+/** A [low, high] interval; a missing upper end is unbounded. */
+export function interval(pair, digits) {
+  if (!Array.isArray(pair)) return "—";
+  return `[${fmt(pair[0], digits)}, ${pair[1] == null ? "∞" : fmt(pair[1], digits)}]`;
+}
+
 export function fmtTime(iso) {
   if (!iso) return "—";
   const date = new Date(iso);

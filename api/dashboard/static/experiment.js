@@ -1,6 +1,6 @@
 // `/experiments/{id}`: the sweep as a grid of run statuses, a heatmap of one summary field over
 // two swept parameters (step size × batch size by default), and the runs with a compare action.
-import { ACTIVE, api, boot, clear, fmt, fmtTime, h, keepFresh, paramsText, progressBar, shortName, STATUSES, statusBadge, tags } from "./common.js";
+import { ACTIVE, api, boot, clear, fmt, fmtTime, h, interval, keepFresh, paramsText, progressBar, shortName, STATUSES, statusBadge, tags } from "./common.js";
 
 // Summary fields offered first in the heatmap, in this order; any other numeric field follows.
 const PREFERRED = [
@@ -343,7 +343,6 @@ boot(render);
 /** κ_B per batch size, pooled over the experiment's analysed runs (GET /experiments/{id}/kappa). */
 function drawKappa(box, body) {
   const columns = ["Batch size B", "Runs", "κ_B", "Bound", "95% interval", "Steps outside S", "Steps in S"];
-  const interval = (k) => (Array.isArray(k.kappa_B_interval) ? `[${fmt(k.kappa_B_interval[0], 3)}, ${k.kappa_B_interval[1] == null ? "∞" : fmt(k.kappa_B_interval[1], 3)}]` : "—");
   const rows = body.items.map((k) =>
     h(
       "tr",
@@ -352,7 +351,7 @@ function drawKappa(box, body) {
       h("td", { class: "num", text: fmt(k.runs) }),
       h("td", { class: "num", text: fmt(k.kappa_B, 3) }),
       h("td", { text: k.kappa_B_bound || "—" }),
-      h("td", { class: "num", text: interval(k) }),
+      h("td", { class: "num", text: interval(k.kappa_B_interval, 3) }),
       h("td", { class: "num", text: fmt(k.kappa_B_rows_outside) }),
       h("td", { class: "num", text: fmt(k.kappa_B_rows_in_S) }),
     ),

@@ -2,7 +2,7 @@
 // its standard-error band and the steps judged inside the stable set S shaded; sharpness and batch
 // sharpness against 2/η; η·L against the stability constant; the events. Traces come downsampled
 // (each point a bucket's mean, with its min and max) so a long run draws fast and keeps its spikes.
-import { ACTIVE, api, ApiError, boot, clear, effectiveLr, fmt, fmtDuration, fmtTime, h, keepFresh, paramsText, progressBar, statusBadge, token } from "./common.js";
+import { ACTIVE, api, ApiError, boot, clear, effectiveLr, fmt, fmtDuration, fmtTime, h, interval, keepFresh, paramsText, progressBar, statusBadge, token } from "./common.js";
 import { EVENT_COLORS } from "./plots.js";
 import { drawPlots, rebuild, state } from "./run_plots.js";
 
@@ -119,11 +119,6 @@ function stat(key, value, title, id) {
 }
 
 /** "[low, high]" of an interval; an open end shows as ∞. */
-function interval(pair, digits) {
-  if (!Array.isArray(pair)) return "—";
-  return `[${fmt(pair[0], digits)}, ${pair[1] == null ? "∞" : fmt(pair[1], digits)}]`;
-}
-
 function drawStats(box, run) {
   const s = run.summary || {};
   const eta = effectiveLr(run);
