@@ -27,7 +27,10 @@ def make_app(broker_url: str | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "global_keyprefix": settings.broker_prefix,
+        },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         task_default_queue="cpu",

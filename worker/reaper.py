@@ -22,14 +22,14 @@ from .settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def message_present(broker_url: str, queue: str, task_id: str | None) -> bool:
+def message_present(broker_url: str, queue: str, task_id: str | None, prefix: str = "") -> bool:
     """Is the task waiting in its Redis queue or held unacknowledged by a worker?"""
     if task_id is None or not broker_url.startswith("redis"):
         return task_id is not None  # other brokers: trust the message while we cannot look
     client = redis.Redis.from_url(broker_url)
     needle = task_id.encode()
-    waiting = client.lrange(queue, 0, -1)
-    unacked = client.hvals("unacked")
+    waiting = client.lrange(prefix + queue, 0, -1)
+    unacked = client.hvals(prefix + "unacked")
     return any(needle in raw for raw in [*waiting, *unacked])
 
 
@@ -44,7 +44,9 @@ def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str,
             queue_timeout=timedelta(seconds=settings.queue_check_seconds),
         )
         for run in candidates:
-            if run.status == "queued" and message_present(settings.broker_url, run.queue, run.task_id):
+            if run.status == "queued" and message_present(
+                settings.broker_url, run.queue, run.task_id, settings.broker_prefix
+            ):
                 continue  # still waiting its turn
             if _out_of_attempts(run, settings.max_attempts):
                 queries.finish_run(

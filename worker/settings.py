@@ -11,6 +11,9 @@ class WorkerSettings(BaseSettings):
 
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset means the embedded SQLite file")
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis)")
+    broker_prefix: str = Field(
+        "", description="prefix of every broker key (queues, unacked messages): several deployments share one Redis"
+    )
     visibility_timeout: int = Field(
         7 * 24 * 3600, description="seconds before Redis redelivers an unacknowledged task: longer than any run"
     )

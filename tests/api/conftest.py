@@ -17,9 +17,10 @@ from api.app import create_app
 from api.settings import ApiSettings
 from store import queries
 from store.models import ApiToken, Event, Experiment, Run, TraceChunk, User
-from tests.postgres import database_url, fresh_engine
+from tests.postgres import database_url, fresh_engine, session_name
+from tests.resources import REDIS_URL
 
-DATABASE = "eos_test_api"
+DATABASE = session_name("eos_test_api")
 URL = database_url(DATABASE)
 
 
@@ -45,10 +46,10 @@ def sessions(connection: Connection) -> sessionmaker[Session]:
 
 @pytest.fixture
 def settings() -> ApiSettings:
-    # Small limits, so the tests reach them; Redis db 15 keeps test tasks away from running workers.
+    # Small limits, so the tests reach them; runs are never sent (the enqueue is a list).
     return ApiSettings(
         database_url=URL,
-        broker_url="redis://127.0.0.1:6379/15",
+        broker_url=REDIS_URL,
         max_runs_per_sweep=20,
         max_queued_runs_per_user=50,
         max_request_bytes=20_000,

@@ -19,6 +19,7 @@ from eos_core.verdict import IN_S, OUTSIDE_S
 from store import queries
 from store.traces import append_trace
 
+from ..resources import BROKER_PREFIX
 from .conftest import Api, add_users, small_spec
 
 
@@ -118,18 +119,19 @@ def test_delete_experiment_with_running_run_is_409(api: Api) -> None:
 
 
 def test_real_enqueue_sends_to_the_broker_after_commit(sessions: sessionmaker[Session], settings: ApiSettings) -> None:
-    """The default enqueue (worker.dispatch, Redis db 15 here) records each run's task and send time."""
+    """The default enqueue (worker.dispatch, under this session's key prefix) records each run's task and send time."""
     broker = redis.Redis.from_url(settings.broker_url)
-    broker.delete("cpu")
+    queue = BROKER_PREFIX + "cpu"
+    broker.delete(queue)
     try:
         with TestClient(create_app(settings, sessions)) as client:
             api = Api(client, sessions, tokens=add_users(sessions))
             runs = api.submit(sweep={"seed": [1, 2]})["runs"]
             for run in runs:
                 assert api.get(f"/api/v1/runs/{run['id']}").json()["timings"]["enqueued_at"] is not None
-        assert broker.llen("cpu") == 2
+        assert broker.llen(queue) == 2
     finally:
-        broker.delete("cpu")
+        broker.delete(queue)
 
 
 def test_kappa_per_batch_size_and_summaries_old_and_new(api: Api) -> None:

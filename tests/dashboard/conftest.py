@@ -33,10 +33,10 @@ from store import queries
 from store.db import session_factory
 from store.models import User
 from store.traces import append_trace
-from tests.postgres import database_url, fresh_engine
+from tests.postgres import database_url, fresh_engine, session_name
 from worker.runner import DERIVED_EVENTS, execute_run
 
-DATABASE = "eos_test_dashboard"
+DATABASE = session_name("eos_test_dashboard")
 URL = database_url(DATABASE)
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "out" / "screenshots"  # docs/screenshots holds copies refreshed by hand

@@ -15,14 +15,15 @@ from typing import Any
 
 import httpx
 
-from tests.postgres import database_url
+from tests.postgres import database_url, session_name
+from tests.resources import REDIS_URL, clear_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
-DATABASE = "eos_test_client"
+DATABASE = session_name("eos_test_client")
 PG_URL = database_url(DATABASE)
-# A Redis database no worker listens on: runs submitted to the test server stay queued (the tests run them).
-BROKER_URL = os.environ.get("EOS_TEST_CLIENT_BROKER_URL", "redis://127.0.0.1:6379/12")
+# No worker listens under this session's broker prefix: submitted runs stay queued (the tests run them).
+BROKER_URL = REDIS_URL
 
 
 def tiny_spec(steps: int = 60, lr: float = 1.0, **instrument: Any) -> dict[str, Any]:
@@ -96,6 +97,4 @@ def running_server(log: Path) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        import redis
-
-        redis.Redis.from_url(BROKER_URL).flushdb()
+        clear_broker()

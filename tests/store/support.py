@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -11,11 +9,10 @@ from sqlalchemy.orm import Session
 from eos_core.trace import METRICS
 from store.models import TraceChunk
 
-SERVER = os.environ.get("EOS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-DATABASE = "eos_test_store"
-PG_URL = f"{SERVER}/{DATABASE}"
+from ..postgres import SERVER, session_name
+
+DATABASE = session_name("eos_test_store")
 ADMIN_URL = f"{SERVER}/test"  # a database that exists: where test databases and schemas are made
-ADMIN_DSN = ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
 
 
 # Cadence of each metric in recorded rows; 0 = never measured (a whole NaN column).

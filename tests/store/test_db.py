@@ -17,7 +17,8 @@ from sqlalchemy import Engine, inspect, text
 from store.db import SchemaOutdated, alembic_config, database_url, head_revision, make_engine, upgrade, verify_schema
 from store.models import Base
 
-from .support import ADMIN_DSN, ADMIN_URL
+from ..postgres import ADMIN_DSN
+from .support import ADMIN_URL
 
 
 @contextmanager

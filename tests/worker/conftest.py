@@ -1,7 +1,7 @@
 """A real PostgreSQL database, a real Redis broker and real Celery worker processes.
 
 Workers commit from other processes, so isolation is per test by truncation, in a
-database of its own (`eos_test_worker`) and a Redis database of its own (15).
+database of its own and under a Redis key prefix of its own (both unique to the test session).
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import session_factory
 
-from ..postgres import database_url, fresh_engine
+from ..postgres import database_url, fresh_engine, session_name
+from ..resources import REDIS_URL, clear_broker
 
-DB_NAME = "eos_test_worker"
+DB_NAME = session_name("eos_test_worker")
 DB_URL = database_url(DB_NAME)
-BROKER_URL = os.environ.get("EOS_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+BROKER_URL = REDIS_URL
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -42,7 +42,7 @@ def sessions(engine: Engine) -> Iterator[sessionmaker[Session]]:
         conn.execute(
             text("TRUNCATE users, api_tokens, experiments, runs, events, trace_chunks RESTART IDENTITY CASCADE")
         )
-    redis.Redis.from_url(BROKER_URL).flushdb()
+    clear_broker()
     yield session_factory(engine)
 
 

@@ -19,6 +19,7 @@ from worker.dispatch import enqueue
 from worker.reaper import reap
 from worker.settings import WorkerSettings
 
+from ..resources import BROKER_PREFIX
 from .conftest import BROKER_URL, WorkerProcess, wait_for
 
 SPEC: dict[str, Any] = {
@@ -118,7 +119,7 @@ def test_queued_run_whose_message_is_lost_is_recovered_by_the_reaper(
     settings = _settings(queue_check_seconds=0)
     assert reap(sessions, settings) == {"requeued": [], "failed": []}  # the message is still there
     lost_task = _run(sessions, run_id).task_id
-    redis.Redis.from_url(BROKER_URL).delete("gpu")  # the broker loses it (a restart without persistence)
+    redis.Redis.from_url(BROKER_URL).delete(BROKER_PREFIX + "gpu")  # the broker loses it (restarted empty)
     assert reap(sessions, settings)["requeued"] == [run_id]
     assert _run(sessions, run_id).task_id != lost_task
     start_worker("gpu")
