@@ -8,10 +8,10 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from eos_core.summary import RunSummary
-from store.models import RUN_STATUSES
+from store.lifecycle import RunStatus as Lifecycle
 
 RunStatus = Literal["queued", "running", "completed", "diverged", "failed", "cancelled"]
-assert get_args(RunStatus) == RUN_STATUSES, "RunStatus must list store.models.RUN_STATUSES"
+assert get_args(RunStatus) == tuple(Lifecycle), "RunStatus must list store.lifecycle.RunStatus"
 
 Responses = dict[int | str, dict[str, Any]]  # extra OpenAPI responses of a route
 

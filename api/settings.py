@@ -27,3 +27,30 @@ class ApiSettings(BaseSettings):
     db_pool_size: int = Field(
         default=10, ge=1, description="database connections kept open per API process (as many again may overflow)"
     )
+    db_pool_timeout: float = Field(
+        default=3.0,
+        gt=0,
+        description="seconds a request waits for a free pooled connection before it is answered 503",
+    )
+    db_connect_timeout: int = Field(
+        default=3,
+        ge=2,
+        description="seconds to open a new PostgreSQL connection before giving up (a 503); libpq waits 2 at least",
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "API requests (under /api/v1, but for /health and /ready) one process serves at once; more are "
+            "refused at once with 503 and Retry-After. Unset: the pool's size plus its overflow "
+            "(2 x db_pool_size), so an admitted request never waits for a connection. 0: no limit"
+        ),
+    )
+    retry_after_seconds: int = Field(
+        default=2, ge=1, description="the Retry-After of a 503 (overloaded, database or broker unavailable)"
+    )
+
+    @property
+    def in_flight_limit(self) -> int:
+        """max_in_flight, or its default: as many requests as the pool has connections (0: unlimited)."""
+        return self.max_in_flight if self.max_in_flight is not None else 2 * self.db_pool_size

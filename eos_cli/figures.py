@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -36,6 +36,9 @@ from eos_core.spec import RunSpec
 from eos_core.summary import RunSummary
 from eos_core.sweep import expand_sweep, spec_hash
 from eos_core.verdict import UNDECIDED as UNDECIDED_VERDICT
+
+if TYPE_CHECKING:
+    from worker.executors import InProcessExecutor
 
 FIGURES = ("fig4", "fig5", "fig6")
 SCALES = ("small", "paper")
@@ -268,9 +271,6 @@ class FigureRuns:
         return sum(not r.reused for r in self.runs)
 
 
-Execute = Callable[..., str | None]
-
-
 def _finished_run(session: Any, digest: str) -> Any:
     from sqlalchemy import select
 
@@ -293,14 +293,16 @@ def _read(session: Any, run: Any, params: dict[str, Any], spec: RunSpec, reused:
     return RunData(params, spec, run.id, run.status, reused, summary, trace)
 
 
-def collect_runs(plan: FigurePlan, sessions: Any, execute: Execute | None = None, show: bool = True) -> FigureRuns:
+def collect_runs(
+    plan: FigurePlan, sessions: Any, executor: InProcessExecutor | None = None, show: bool = True
+) -> FigureRuns:
     """The plan's runs: finished ones with the same spec hash are read back, the rest trained now."""
     from store import queries
 
-    if execute is None:
-        from worker.runner import execute_run
+    if executor is None:
+        from worker.executors import InProcessExecutor
 
-        execute = execute_run
+        executor = InProcessExecutor(sessions, heartbeat_seconds=1.0)
     cells = plan.cells()
     digests = [spec_hash(spec) for _, spec in cells]
     found: dict[str, int] = {}
@@ -331,7 +333,7 @@ def collect_runs(plan: FigurePlan, sessions: Any, execute: Execute | None = None
                     new_ids[run.spec_hash] = run.id
         for (params, _), digest in zip(cells, digests, strict=True):
             if digest in new_ids:
-                _train(new_ids[digest], params, sessions, execute, plan.key, show)
+                _train(new_ids[digest], params, executor, plan.key, show)
     with sessions.begin() as session:
         for (params, spec), digest in zip(cells, digests, strict=True):
             run_id = found.get(digest, new_ids.get(digest))
@@ -345,10 +347,10 @@ def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{'eta' if k.endswith('lr') else 'B'}={v:g}" for k, v in params.items())
 
 
-def _train(run_id: int, params: dict[str, Any], sessions: Any, execute: Execute, key: str, show: bool) -> None:
+def _train(run_id: int, params: dict[str, Any], executor: InProcessExecutor, key: str, show: bool) -> None:
     started = time.perf_counter()
     if not show:
-        status = execute(run_id, sessions)
+        status = executor.execute(run_id)
     else:
         columns = (TextColumn(f"{key} run {run_id} ({_describe(params)})"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, TimeRemainingColumn(), console=console) as bar:
@@ -357,7 +359,7 @@ def _train(run_id: int, params: dict[str, Any], sessions: Any, execute: Execute,
             def progress(step: int, steps: int) -> None:
                 bar.update(task, completed=step, total=steps)
 
-            status = execute(run_id, sessions, progress=progress)
+            status = executor.execute(run_id, progress=progress)
     if show:
         console.print(f"{key} run {run_id}: {status} in {time.perf_counter() - started:.1f} s")
 
@@ -580,7 +582,7 @@ def make_figures(
     only: Sequence[str] = FIGURES,
     dpi: int = 100,
     show: bool = True,
-    execute: Execute | None = None,
+    executor: InProcessExecutor | None = None,
 ) -> FiguresReport:
     """Plan, collect (reuse or train) and draw each figure into OUT/<key>.png."""
     plans = plan_figures(scale, only)
@@ -589,7 +591,7 @@ def make_figures(
         started = time.perf_counter()
         if show:
             console.print(f"[bold]{plan.key}[/bold]: {plan.title} ({len(plan.cells())} runs)")
-        figure = collect_runs(plan, sessions, execute=execute, show=show)
+        figure = collect_runs(plan, sessions, executor=executor, show=show)
         path = render(figure, out / f"{plan.key}.png", scale, dpi)
         report.paths.append(path)
         report.figures.append(figure)

@@ -58,7 +58,7 @@ def run(
     from eos_client import InputError, load_spec, parse_sweep
     from store import queries
     from store.db import database_url, make_engine, session_factory, upgrade
-    from worker.runner import execute_run
+    from worker.executors import InProcessExecutor
 
     try:
         data, grid = load_spec(spec), parse_sweep(sweep)
@@ -78,8 +78,9 @@ def run(
     except (ValidationError, SweepError) as exc:
         _fail(f"{spec}: {exc}")
     console.print(f"experiment {experiment_id}: {len(run_ids)} run(s) into {engine.url.render_as_string()}")
+    executor = InProcessExecutor(sessions, heartbeat_seconds=1.0)
     for run_id in run_ids:
-        _run_with_bar(run_id, sessions, execute_run)
+        _run_with_bar(run_id, executor)
     with sessions.begin() as session:
         rows = [_row(r) for r in queries.list_runs(session=session, experiment_id=experiment_id)]
     print_runs(rows, title=f"experiment {experiment_id}", console=console)
@@ -87,7 +88,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_with_bar(run_id: int, sessions: Any, execute: Any) -> None:
+def _run_with_bar(run_id: int, executor: Any) -> None:
     columns = (TextColumn(f"run {run_id}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("train", total=None)
@@ -96,7 +97,7 @@ def _run_with_bar(run_id: int, sessions: Any, execute: Any) -> None:
             bar.update(task, completed=step, total=steps)
 
         started = time.perf_counter()
-        status = execute(run_id, sessions, progress=progress)
+        status = executor.execute(run_id, progress=progress)
     console.print(f"run {run_id}: {status} in {time.perf_counter() - started:.1f} s")
 
 
@@ -182,20 +183,23 @@ def reaper(
 ) -> None:
     """Requeue runs whose worker died or whose broker message was lost."""
     from store.db import database_url, make_engine, session_factory, verify_schema
-    from worker.reaper import reap
+    from worker.reaper import reap, reap_forever
     from worker.settings import WorkerSettings
 
     settings = WorkerSettings()
     engine = make_engine(settings.database_url or database_url())
     verify_schema(engine)
     sessions = session_factory(engine)
-    while True:
-        outcome = reap(sessions, settings)
+
+    def report(outcome: dict[str, list[int]]) -> None:
         if outcome["requeued"] or outcome["failed"] or once:
             console.print(f"requeued {outcome['requeued']}, failed {outcome['failed']}")
-        if once:
-            return
-        time.sleep(settings.reap_every)
+
+    if once:
+        report(reap(sessions, settings))
+        return
+    console.print(f"reaper: a pass every {settings.reap_every:g} s, stale after {settings.stale_seconds:g} s")
+    reap_forever(sessions, settings, report)
 
 
 from .client_commands import register  # noqa: E402  (the client commands: submit, status, watch, runs, ...)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +48,9 @@ from .models import Comparison, Experiment, Run
 from .progress import follow
 
 API = "/api/v1"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+RETRY_PAUSE = 1.0  # seconds between tries when the server gives no Retry-After
+TRANSPORT_RESENDS = 3  # times a keyed submission is sent again after a connection failure
 SpecLike = Mapping[str, Any] | str | Path | Any  # a dict, a YAML/JSON file, or an eos_core RunSpec
 SweepLike = Mapping[str, Sequence[Any]] | Sequence[str] | None  # {"optimizer.lr": [1, 10]} or ["optimizer.lr=1,10"]
 RunRef = int | Run
@@ -125,6 +130,7 @@ class Client:
         self._http = httpx.Client(base_url=self.url + API, headers=headers, timeout=timeout)
         self._submitted: dict[int, list[int]] = {}
         self.poll = 2.0
+        self.retry_seconds = 60.0  # how long a 503 or an unreachable server is retried
 
     @classmethod
     def local(cls, db: str | Path | None = None) -> Client:
@@ -144,6 +150,7 @@ class Client:
         self._http = httpx.Client(transport=self._local.transport, base_url=BASE_URL + API, headers=headers)
         self._submitted = {}
         self.poll = 0.25
+        self.retry_seconds = 60.0
         atexit.register(self.close)
 
     @property
@@ -178,10 +185,25 @@ class Client:
     # --- HTTP ---------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise unreachable(exc, self.url) from exc
+        """One request. A busy or briefly unavailable server (503 with Retry-After) is asked again
+        for up to `retry_seconds`; a submission carrying an Idempotency-Key whose connection failed
+        is sent again a few times (the key makes that safe: it cannot create the experiment twice)."""
+        waited = 0.0
+        resends = TRANSPORT_RESENDS if IDEMPOTENCY_HEADER in (kwargs.get("headers") or {}) else 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if resends <= 0:
+                    raise unreachable(exc, self.url) from exc
+                resends -= 1
+                time.sleep(RETRY_PAUSE)
+                continue
+            pause = _retry_after(response)
+            if pause is None or waited + pause > self.retry_seconds:
+                break
+            time.sleep(pause)
+            waited += pause
         if response.is_error:
             raise error_for(response)
         return response
@@ -200,7 +222,9 @@ class Client:
         `spec` is a dict, a RunSpec, or a YAML/JSON file; `sweep` is a dict or strings like
         "optimizer.lr=0.1,1,10". A bad spec raises ValidationFailed naming the field."""
         body = {"spec": load_spec(spec), "sweep": parse_sweep(sweep), "name": name, "tags": list(tags)}
-        experiment = Experiment.from_json(self._request("POST", "/experiments", json=body).json())
+        # One key per submission: a retried POST (a 503, a dropped connection) cannot create it twice.
+        headers = {IDEMPOTENCY_HEADER: str(uuid.uuid4())}
+        experiment = Experiment.from_json(self._request("POST", "/experiments", json=body, headers=headers).json())
         self._submitted[experiment.id] = experiment.run_ids
         return experiment
 
@@ -388,3 +412,13 @@ def _run_id(run: RunRef) -> int:
 
 def _experiment_id(experiment: int | Experiment) -> int:
     return experiment.id if isinstance(experiment, Experiment) else int(experiment)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before asking again: a 503's Retry-After (seconds), else None (do not retry)."""
+    if response.status_code != 503:
+        return None
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", RETRY_PAUSE)))
+    except ValueError:
+        return RETRY_PAUSE

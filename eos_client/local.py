@@ -1,8 +1,8 @@
 """The embedded store: the very FastAPI app of `eos serve`, in this process, over the SQLite file.
 
 `LocalStore.open(db)` upgrades the database, issues a token to the embedded `local` user, and
-builds the app with an `enqueue` that trains runs one at a time in a background thread (the
-body of the Celery task, worker.runner.execute_run). The client talks to it through an httpx
+builds the app with the in-process executor (worker.executors.InProcessExecutor): it trains
+runs one at a time in a background thread, with the body of the Celery task. The client talks to it through an httpx
 transport that calls the ASGI app on an event loop of its own, so every request and every
 error takes the same path as against a server.
 
@@ -13,13 +13,10 @@ only: a client of a remote server never loads them.
 from __future__ import annotations
 
 import asyncio
-import logging
-import queue
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import Engine, delete
@@ -27,7 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import EosError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from worker.executors import InProcessExecutor
+
 
 BASE_URL = "http://eos.local"  # what the in-process app is addressed as
 HEARTBEAT_SECONDS = 0.5  # progress (and cancellation) is seen at least this often
@@ -77,52 +76,6 @@ class AsgiBridge(httpx.BaseTransport):
         self._loop.close()
 
 
-class LocalRunner:
-    """The app's `enqueue`: trains runs one at a time in a background thread, as one worker would."""
-
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
-        self._queue: queue.Queue[int | None] = queue.Queue()
-        self._pending: set[int] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def __call__(self, run_ids: Iterable[int]) -> None:
-        with self._lock:
-            new = [i for i in run_ids if i not in self._pending]
-            self._pending.update(new)
-            if new and self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="eos-local-runs", daemon=True)
-                self._thread.start()
-        for run_id in new:
-            self._queue.put(run_id)
-
-    @property
-    def pending(self) -> list[int]:
-        """Runs handed to this runner and not finished yet."""
-        with self._lock:
-            return sorted(self._pending)
-
-    def _work(self) -> None:
-        from worker.runner import execute_run
-
-        while (run_id := self._queue.get()) is not None:
-            try:
-                execute_run(run_id, self._sessions, heartbeat_seconds=HEARTBEAT_SECONDS)
-            except Exception:  # execute_run records a failed run itself; this is the store failing
-                log.exception("local run %s could not be executed", run_id)
-            finally:
-                with self._lock:
-                    self._pending.discard(run_id)
-
-    def stop(self) -> None:
-        """Finish what is queued (cancel it first to make that quick), then end the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-
 @dataclass
 class LocalStore:
     """Everything the embedded mode holds: the engine, the runner, the app's transport and the token."""
@@ -130,7 +83,7 @@ class LocalStore:
     url: str
     engine: Engine
     sessions: sessionmaker[Session]
-    runner: LocalRunner
+    runner: InProcessExecutor
     transport: AsgiBridge
     token: str
 
@@ -139,13 +92,14 @@ class LocalStore:
         from api.app import create_app
         from api.settings import ApiSettings
         from store.db import database_url, session_factory
+        from worker.executors import InProcessExecutor
 
         url = database_url(db)
         engine = local_engine(url)
         _prepare(engine, url)
         sessions = session_factory(engine)
         token = _issue_local_token(sessions)
-        runner = LocalRunner(sessions)
+        runner = InProcessExecutor(sessions, heartbeat_seconds=HEARTBEAT_SECONDS)
         app = create_app(ApiSettings(database_url=url), sessions, enqueue=runner)
         return cls(url, engine, sessions, runner, AsgiBridge(app), token)
 
@@ -153,7 +107,7 @@ class LocalStore:
         from store.models import ApiToken
         from store.queries import hash_token
 
-        self.runner.stop()
+        self.runner.close()
         self.transport.close()
         with self.sessions.begin() as session:
             session.execute(delete(ApiToken).where(ApiToken.token_hash == hash_token(self.token)))

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -34,9 +36,10 @@ Json = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
+# The lifecycle's states (store.lifecycle.RunStatus), enforced by a CHECK constraint.
 RUN_STATUSES = ("queued", "running", "completed", "diverged", "failed", "cancelled")
-FINISHED = ("completed", "diverged", "failed", "cancelled")
-EVENT_KINDS = ("entrance", "exit", "return", "divergence", "attempt", "cancel")
+# Derived from the trace (entrance ... divergence) and written by the lifecycle (attempt ... fail).
+EVENT_KINDS = ("entrance", "exit", "return", "divergence", "attempt", "cancel", "requeue", "finish", "fail")
 
 
 def utcnow() -> datetime:
@@ -77,10 +80,13 @@ class Experiment(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(Json)  # as submitted
     sweep: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # The client's Idempotency-Key: a retried POST with the same key returns this experiment.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     runs: Mapped[list[Run]] = relationship(
         back_populates="experiment", lazy="raise", cascade="all, delete-orphan", order_by="Run.id"
     )
     owner: Mapped[User] = relationship(lazy="raise")
+    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key", name="uq_experiments_idempotency"),)
 
 
 class Run(Base):
@@ -108,6 +114,7 @@ class Run(Base):
     dataset_info: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str | None] = mapped_column(Text)
     experiment: Mapped[Experiment] = relationship(back_populates="runs", lazy="raise")
+    __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
 
 
 class Event(Base):
@@ -123,7 +130,7 @@ class Event(Base):
 class TraceChunk(Base):
     """One metric of a run over a block of recorded steps, as a little-endian float64 array.
 
-    Column `metric` is the index into eos_core.trace.COLUMNS (0 is `step`, stored the same
+    Column `metric` is the metric's frozen id, store.trace_codec.METRIC_IDS (0 is `step`, stored the same
     way); `100 + m` holds metric m's min/max/sum/count per 64-row group, which downsampled
     reads of long ranges use. Why chunks and not a row per step: see store/traces.py.
     """

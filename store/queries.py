@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from eos_core.kappa import kappa_b
@@ -22,26 +23,10 @@ from eos_core.spec import RunSpec
 from eos_core.summary import RunSummary
 from eos_core.sweep import Sweep, expand_sweep, spec_hash
 
-from .models import FINISHED, ApiToken, Event, Experiment, Run, User, utcnow
+from .errors import Conflict, NotFound, QuotaExceeded
+from .lifecycle import ACTIVE, RunStatus
+from .models import ApiToken, Event, Experiment, Run, User, utcnow
 from .traces import read_trace
-
-
-class NotFound(LookupError):
-    """No such row; the message names what was looked for."""
-
-
-class Conflict(RuntimeError):
-    """The request conflicts with the row's state (cancelling a finished run, ...)."""
-
-
-class QuotaExceeded(RuntimeError):
-    """The user would exceed a limit (queued runs)."""
-
-
-class LostOwnership(RuntimeError):
-    """This attempt no longer owns the run (the reaper requeued it, another worker claimed it):
-    it must stop writing at once."""
-
 
 # --- users and tokens -------------------------------------------------------------------
 
@@ -105,7 +90,7 @@ def queued_runs(*, session: Session, user: User) -> int:
     stmt = (
         select(func.count(Run.id))
         .join(Experiment, Experiment.id == Run.experiment_id)
-        .where(Experiment.owner_id == user.id, Run.status.in_(("queued", "running")))
+        .where(Experiment.owner_id == user.id, Run.status.in_(tuple(ACTIVE)))
     )
     return int(session.scalar(stmt) or 0)
 
@@ -120,8 +105,12 @@ def create_experiment(
     tags: Sequence[str] = (),
     max_runs: int | None = None,
     max_queued: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Experiment:
-    """Validate the spec and sweep, expand the grid, and add the experiment with queued runs."""
+    """Validate the spec and sweep, expand the grid, and add the experiment with queued runs.
+
+    `idempotency_key` is stored as given: a second experiment with the same key and owner fails
+    the unique constraint at the flush (create_experiment_once turns that into the first one)."""
     cells = expand_sweep(spec, sweep, limit=max_runs)
     if max_queued is not None and queued_runs(session=session, user=owner) + len(cells) > max_queued:
         raise QuotaExceeded(
@@ -129,7 +118,12 @@ def create_experiment(
         )
     base = RunSpec.model_validate(spec)
     experiment = Experiment(
-        name=name or base.name, owner_id=owner.id, tags=list(tags), spec=spec, sweep=dict(sweep or {})
+        name=name or base.name,
+        owner_id=owner.id,
+        tags=list(tags),
+        spec=spec,
+        sweep=dict(sweep or {}),
+        idempotency_key=idempotency_key,
     )
     session.add(experiment)
     session.flush()
@@ -146,6 +140,101 @@ def create_experiment(
         )
     session.flush()
     return experiment
+
+
+class IdempotencyKeyReused(Conflict):
+    """An Idempotency-Key sent again with a different request than the one that created its experiment."""
+
+    def __init__(self, key: str, experiment: Experiment, differs: Sequence[str]) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for experiment {experiment.id} with a different "
+            f"{', '.join(differs)}; send a new key for a new experiment, or the same request to get that one"
+        )
+        self.experiment_id = experiment.id
+
+
+def experiment_for_key(
+    *,
+    session: Session,
+    owner: User,
+    key: str,
+    spec: Mapping[str, Any],
+    sweep: Sweep | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+) -> Experiment | None:
+    """The owner's experiment created with Idempotency-Key `key`, or None.
+
+    Keys are per owner. Raises IdempotencyKeyReused when that experiment was created from a
+    different spec, sweep, name or tags than the ones given (compared as stored JSON; an omitted
+    name stands for the spec's name, as in create_experiment).
+    """
+    stmt = select(Experiment).where(Experiment.owner_id == owner.id, Experiment.idempotency_key == key)
+    experiment = session.scalar(stmt)
+    if experiment is None:
+        return None
+    differs = []
+    if experiment.spec != dict(spec):
+        differs.append("spec")
+    if (experiment.sweep or {}) != dict(sweep or {}):
+        differs.append("sweep")
+    if list(experiment.tags or []) != list(tags):
+        differs.append("tags")
+    if "spec" not in differs and experiment.name != (name or RunSpec.model_validate(spec).name):
+        differs.append("name")
+    if differs:
+        raise IdempotencyKeyReused(key, experiment, differs)
+    return experiment
+
+
+def create_experiment_once(
+    *,
+    session: Session,
+    owner: User,
+    idempotency_key: str,
+    spec: dict[str, Any],
+    sweep: Sweep | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    max_runs: int | None = None,
+    max_queued: int | None = None,
+) -> tuple[Experiment, bool]:
+    """(experiment, created): the owner's experiment for `idempotency_key` if there is one (created
+    False), else a new one as create_experiment makes it (created True).
+
+    Two transactions racing with one key both miss it and both insert; the unique constraint on
+    (owner, key) makes the second insert wait for the first transaction and fail once it commits.
+    That insert ran in a savepoint, so only the savepoint is rolled back, and the loser returns the
+    winner's experiment. IdempotencyKeyReused if the existing one came from a different request.
+    """
+
+    def existing() -> Experiment | None:
+        return experiment_for_key(
+            session=session, owner=owner, key=idempotency_key, spec=spec, sweep=sweep, name=name, tags=tags
+        )
+
+    found = existing()
+    if found is not None:
+        return found, False
+    try:
+        with session.begin_nested():
+            experiment = create_experiment(
+                session=session,
+                owner=owner,
+                spec=spec,
+                sweep=sweep,
+                name=name,
+                tags=tags,
+                max_runs=max_runs,
+                max_queued=max_queued,
+                idempotency_key=idempotency_key,
+            )
+    except IntegrityError:
+        found = existing()
+        if found is None:
+            raise  # another constraint failed
+        return found, False
+    return experiment, True
 
 
 def get_experiment(*, session: Session, experiment_id: int, with_runs: bool = False) -> Experiment:
@@ -212,7 +301,7 @@ def run_owner(*, session: Session, run: Run) -> User:
 def delete_run(*, session: Session, run: Run) -> None:
     """Queued and finished runs go at once (events and trace cascade); running ones must be
     cancelled first, so a worker never writes into a row that is gone."""
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         raise Conflict(
             f"run {run.id} is running: cancel it first (POST /api/v1/runs/{run.id}/cancel), "
             "then delete it once it has stopped"
@@ -223,7 +312,7 @@ def delete_run(*, session: Session, run: Run) -> None:
 
 def delete_experiment(*, session: Session, experiment: Experiment) -> None:
     """`experiment` must have its runs loaded (get_experiment(..., with_runs=True))."""
-    running = [run.id for run in experiment.runs if run.status == "running"]
+    running = [run.id for run in experiment.runs if run.status == RunStatus.RUNNING]
     if running:
         raise Conflict(
             f"experiment {experiment.id} has running runs {running}: cancel them first "
@@ -231,135 +320,6 @@ def delete_experiment(*, session: Session, experiment: Experiment) -> None:
         )
     session.delete(experiment)
     session.flush()
-
-
-# --- run life cycle ---------------------------------------------------------------------
-
-
-def mark_enqueued(*, session: Session, run: Run, task_id: str) -> None:
-    run.task_id = task_id
-    run.enqueued_at = utcnow()
-
-
-def claim_run(*, session: Session, run_id: int, worker: str, stale_after: timedelta) -> Run | None:
-    """Start an attempt: a queued run, or a running one whose worker went silent -> running.
-
-    Returns None when there is nothing to do (finished, cancelled, or running elsewhere with
-    a fresh heartbeat): a redelivered or duplicated message is then harmless. The row lock
-    makes two workers racing for one run take turns.
-    """
-    try:
-        run = get_run(session=session, run_id=run_id, for_update=True)
-    except NotFound:
-        return None  # deleted while its message waited: nothing to do
-    if run.status in FINISHED:
-        return None
-    if run.cancel_requested:
-        finish_run(session=session, run=run, status="cancelled")
-        return None
-    if run.status == "running" and run.heartbeat_at is not None and _aware(run.heartbeat_at) > utcnow() - stale_after:
-        return None
-    run.status = "running"
-    run.attempts += 1
-    run.worker = worker
-    run.error = None
-    run.started_at = utcnow()
-    run.heartbeat_at = utcnow()
-    add_event(
-        session=session, run_id=run.id, kind="attempt", step=None, details={"attempt": run.attempts, "worker": worker}
-    )
-    return run
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def heartbeat(*, session: Session, run_id: int, attempt: int, step: int, steps: int) -> bool:
-    """Record progress for attempt `attempt`; returns True when a cancellation was requested.
-
-    Fenced: only the attempt that holds the run (status running, same attempt number) may
-    beat. Any other raises LostOwnership, and the row lock taken here stays held until the
-    caller's transaction ends, so trace rows written in the same transaction are this
-    attempt's alone.
-    """
-    stmt = (
-        update(Run)
-        .where(Run.id == run_id, Run.attempts == attempt, Run.status == "running")
-        .values(step=step, progress=step / max(steps, 1), heartbeat_at=utcnow())
-        .returning(Run.cancel_requested)
-    )
-    cancel = session.execute(stmt).scalar_one_or_none()
-    if cancel is None:
-        raise LostOwnership(f"run {run_id}: attempt {attempt} no longer owns it")
-    return bool(cancel)
-
-
-def owned_run(*, session: Session, run_id: int, attempt: int) -> Run:
-    """The run, locked, if attempt `attempt` still holds it; else LostOwnership."""
-    try:
-        run = get_run(session=session, run_id=run_id, for_update=True)
-    except NotFound as exc:
-        raise LostOwnership(f"run {run_id} was deleted") from exc
-    if run.attempts != attempt or run.status != "running":
-        raise LostOwnership(
-            f"run {run_id}: attempt {attempt} no longer owns it (now {run.status}, attempt {run.attempts})"
-        )
-    return run
-
-
-def finish_run(
-    *,
-    session: Session,
-    run: Run,
-    status: str,
-    summary: RunSummary | dict[str, Any] | None = None,
-    dataset_info: dict[str, Any] | None = None,
-    error: str | None = None,
-) -> None:
-    run.status = status
-    run.finished_at = utcnow()
-    run.heartbeat_at = run.finished_at
-    if summary is not None:
-        run.summary = summary.to_json() if isinstance(summary, RunSummary) else summary
-        run.progress = 1.0 if status == "completed" else run.progress
-    if dataset_info is not None:
-        run.dataset_info = dataset_info
-    if error is not None:
-        run.error = error
-
-
-def request_cancel(*, session: Session, run: Run) -> None:
-    """Queued runs are cancelled at once; running ones stop at their next chunk."""
-    if run.status in FINISHED:
-        raise Conflict(f"run {run.id} is already {run.status}")
-    run.cancel_requested = True
-    if run.status == "queued":
-        finish_run(session=session, run=run, status="cancelled")
-    add_event(session=session, run_id=run.id, kind="cancel", step=run.step, details={})
-
-
-def stale_runs(*, session: Session, heartbeat_timeout: timedelta, queue_timeout: timedelta) -> list[Run]:
-    """Running runs whose heartbeat went stale, and queued runs whose message may be lost."""
-    now = utcnow()
-    # Row locks (skipping rows a worker holds): PostgreSQL re-checks the condition once locked,
-    # so a run claimed or beating meanwhile drops out instead of being requeued under it.
-    running = (
-        select(Run)
-        .where(Run.status == "running", Run.heartbeat_at < now - heartbeat_timeout)
-        .with_for_update(skip_locked=True)
-    )
-    queued = (
-        select(Run)
-        .where(
-            Run.status == "queued",
-            (Run.enqueued_at.is_(None) & (Run.created_at < now - queue_timeout))
-            | (Run.enqueued_at < now - queue_timeout),
-        )
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(running)) + list(session.scalars(queued))
 
 
 # --- events -----------------------------------------------------------------------------

@@ -3,7 +3,8 @@ per-group summaries, and bucketing for downsampled reads. store/traces.py explai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,7 +20,21 @@ BLOCK_ROWS = 4096  # rows per stored block: 32 KiB per metric, ~250 blocks for a
 GROUP_ROWS = 64  # rows per summary group: a summary costs 32 bytes per 64 values (+6%)
 SUMMARY = 100  # metric id of a summary row = SUMMARY + id of the metric it summarizes
 STEP = 0  # metric id of the step column
-METRIC_IDS = {name: i for i, name in enumerate(COLUMNS)}
+# The stored id of every trace column, frozen: rows on disk hold these numbers, so an id is
+# never changed or reused, and a new metric takes the next free id (below SUMMARY), wherever
+# it sits in eos_core.trace.COLUMNS. tests/store/test_metric_ids.py holds the table as shipped.
+METRIC_IDS: Mapping[str, int] = MappingProxyType(
+    {
+        "step": 0, "loss": 1, "acc": 2, "batch_loss": 3, "grad_norm": 4, "batch_grad_norm": 5,
+        "drift": 6, "drift_se": 7, "drift_samples_used": 8, "rel_drift": 9, "stable": 10,
+        "stable_p": 11, "quad_drift": 12, "sharpness": 13, "sharpness_residual": 14, "hvps": 15,
+        "batch_sharpness": 16, "eta_loss": 17, "margin": 18, "param_norm": 19, "test_loss": 20,
+        "test_acc": 21,
+    }
+)  # fmt: skip
+METRIC_NAMES: Mapping[int, str] = MappingProxyType({i: name for name, i in METRIC_IDS.items()})
+# The ids of the engine's metrics (not `step`), in trace order.
+ALL_METRIC_IDS: tuple[int, ...] = tuple(METRIC_IDS[name] for name in METRICS)
 F8 = np.dtype("<f8")  # the stored format, whatever the machine's byte order
 MAX_EXACT_STEP = 2**53  # float64 holds every integer below this
 
@@ -36,15 +51,15 @@ class BadChunk(ValueError):
 
 
 def metric_ids(metrics: Sequence[str] | None) -> list[int]:
-    """Column ids of the asked metrics (all when None) in trace order, `step` (always read) left out."""
+    """Stored ids of the asked metrics (all when None) in trace order, `step` (always read) left out."""
     if metrics is None:
-        return list(range(1, len(COLUMNS)))
+        return list(ALL_METRIC_IDS)
     if isinstance(metrics, str):
         metrics = [metrics]
     unknown = [name for name in metrics if name not in METRIC_IDS]
     if unknown:
         raise UnknownMetric(unknown)
-    return sorted({METRIC_IDS[name] for name in metrics} - {STEP})
+    return [METRIC_IDS[name] for name in METRICS if name in metrics]
 
 
 def check_chunk(chunk: Chunk) -> Steps:
@@ -84,7 +99,7 @@ def encode(run_id: int, chunk: Chunk, steps: Steps, block_rows: int) -> list[Row
         key = (run_id, int(steps[lo]), int(steps[hi - 1]), hi - lo)
         block = steps[lo:hi].astype(F8)
         rows += [_row(key, STEP, block), _row(key, SUMMARY + STEP, block[::GROUP_ROWS])]
-        for metric, name in enumerate(METRICS, start=1):
+        for name, metric in zip(METRICS, ALL_METRIC_IDS, strict=True):
             values = np.asarray(chunk[name][lo:hi], dtype=F8)
             if not np.isnan(values).all():
                 rows += [_row(key, metric, values), _row(key, SUMMARY + metric, summarize(values).ravel())]

@@ -48,13 +48,13 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
-from eos_core.trace import COLUMNS
-
 from .trace_codec import (
+    ALL_METRIC_IDS,
     BLOCK_ROWS,
     F8,
     GROUP_ROWS,
     MAX_EXACT_STEP,
+    METRIC_NAMES,
     STEP,
     SUMMARY,
     BadChunk,
@@ -329,7 +329,7 @@ def delete_trace(*, session: Session, run_id: int, from_step: int = 0) -> int:
 
 def _take_block(session: Session, run_id: int, first_step: int) -> Chunk:
     """Read one stored block whole and delete it (to be written again, longer or shorter)."""
-    block = _fetch(session, run_id, list(range(1, len(COLUMNS))), first_step, first_step)
+    block = _fetch(session, run_id, list(ALL_METRIC_IDS), first_step, first_step)
     params = {"run": run_id, "first": first_step}
     _execute(session, "DELETE FROM trace_chunks WHERE run_id = %(run)s AND first_step = %(first)s", params)
     return {"step": block.steps, **block.columns}
@@ -382,9 +382,9 @@ def _fetch(session: Session, run_id: int, ids: list[int], start: int | None, end
     steps = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     starts = np.cumsum([0, *(row[3] for row in step_rows)])[:-1]  # where each block begins in the output
     offsets = {row[1]: int(at) for row, at in zip(step_rows, starts, strict=True)}
-    columns = {COLUMNS[i]: np.full(len(steps), np.nan) for i in ids}
+    columns = {METRIC_NAMES[i]: np.full(len(steps), np.nan) for i in ids}
     for metric, first, _, n, blob in rows[len(step_rows) :]:
-        columns[COLUMNS[metric]][offsets[first] : offsets[first] + n] = np.frombuffer(blob, dtype=F8)
+        columns[METRIC_NAMES[metric]][offsets[first] : offsets[first] + n] = np.frombuffer(blob, dtype=F8)
     return _Rows(steps, columns)
 
 
@@ -481,8 +481,8 @@ class _Groups:
     def downsample(self, max_points: int) -> dict[str, np.ndarray]:
         firsts = np.concatenate(self.firsts) if self.firsts else np.zeros(0, dtype=np.int64)
         if not len(firsts):
-            return {"step": firsts, **{COLUMNS[i]: np.zeros(0) for i in self.ids}}
-        return downsample_groups(firsts, {COLUMNS[i]: np.hstack(self.stats[i]) for i in self.ids}, max_points)
+            return {"step": firsts, **{METRIC_NAMES[i]: np.zeros(0) for i in self.ids}}
+        return downsample_groups(firsts, {METRIC_NAMES[i]: np.hstack(self.stats[i]) for i in self.ids}, max_points)
 
 
 def _blob(row: tuple[int, int, int, bytes | None]) -> bytes:
@@ -529,7 +529,7 @@ def iter_trace_pieces(
 
 
 def _arrow_schema(metrics: Sequence[str] | None) -> pa.Schema:
-    names = [COLUMNS[i] for i in metric_ids(metrics)]
+    names = [METRIC_NAMES[i] for i in metric_ids(metrics)]
     return pa.schema([("step", pa.int64()), *((name, pa.float64()) for name in names)])
 
 

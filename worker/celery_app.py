@@ -30,6 +30,7 @@ def make_app(broker_url: str | None = None) -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
             "global_keyprefix": settings.broker_prefix,
+            "socket_connect_timeout": 5,  # a send to an unreachable Redis fails fast instead of hanging
         },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,

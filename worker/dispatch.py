@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import queries
+from store import lifecycle, queries
 
 from .celery_app import RUN_TASK, make_app
 
@@ -17,7 +17,7 @@ def enqueue(run_ids: Iterable[int], sessions: sessionmaker[Session], broker_url:
     for run_id in run_ids:
         with sessions.begin() as session:
             run = queries.get_run(session=session, run_id=run_id)
-            if run.status != "queued":
+            if run.status != lifecycle.RunStatus.QUEUED:
                 continue
             result = app.send_task(RUN_TASK, args=[run_id], queue=run.queue)
-            queries.mark_enqueued(session=session, run=run, task_id=result.id)
+            lifecycle.mark_sent(session=session, run=run, task_id=result.id)

@@ -1,71 +1,85 @@
 """The reaper: the database is the source of truth for what should be running.
 
 A running run whose heartbeat went stale (its worker died) and a queued run whose broker
-message vanished (a Redis restart, a purge) are enqueued again, up to a retry limit; each
-attempt is recorded as an event by the task that claims it.
+message vanished (a Redis restart, a purge, a send that failed) are requeued and sent again,
+up to a retry limit; the lifecycle records each move as an event. The loop outlives outages
+of Redis and PostgreSQL: a pass that fails is logged and tried again with backoff, since
+this is the process that recovers everything else.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import queries
+from store import lifecycle
+from store.lifecycle import RunStatus
 from store.models import Run
 
 from .dispatch import enqueue
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF = 30.0
+
+
+class BrokerView:
+    """The task ids waiting in each queue or held unacknowledged, read once per pass."""
+
+    def __init__(self, broker_url: str, prefix: str = "") -> None:
+        self.url, self.prefix = broker_url, prefix
+        self._unacked: bytes | None = None
+        self._queues: dict[str, bytes] = {}
+
+    def holds(self, queue: str, task_id: str | None) -> bool:
+        if task_id is None:
+            return False
+        if not self.url.startswith("redis"):
+            return True  # other brokers: trust the message while we cannot look
+        client = redis.Redis.from_url(self.url)
+        if self._unacked is None:
+            self._unacked = _joined(client.hvals(self.prefix + "unacked"))
+        if queue not in self._queues:
+            self._queues[queue] = _joined(client.lrange(self.prefix + queue, 0, -1))
+        needle = task_id.encode()
+        return needle in self._queues[queue] or needle in self._unacked
+
+
+def _joined(values: list[bytes | str]) -> bytes:
+    return b"\n".join(v if isinstance(v, bytes) else v.encode() for v in values)
 
 
 def message_present(broker_url: str, queue: str, task_id: str | None, prefix: str = "") -> bool:
     """Is the task waiting in its Redis queue or held unacknowledged by a worker?"""
-    if task_id is None or not broker_url.startswith("redis"):
-        return task_id is not None  # other brokers: trust the message while we cannot look
-    client = redis.Redis.from_url(broker_url)
-    needle = task_id.encode()
-    waiting = client.lrange(prefix + queue, 0, -1)
-    unacked = client.hvals(prefix + "unacked")
-    return any(needle in raw for raw in [*waiting, *unacked])
+    return BrokerView(broker_url, prefix).holds(queue, task_id)
 
 
 def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str, list[int]]:
-    """One pass: requeue what was lost, fail what ran out of attempts."""
+    """One pass: requeue what was lost, fail what ran out of attempts, send what was requeued."""
     requeue: list[int] = []
     failed: list[int] = []
+    broker = BrokerView(settings.broker_url, settings.broker_prefix)
     with sessions.begin() as session:
-        candidates = queries.stale_runs(
+        candidates = lifecycle.stale(
             session=session,
             heartbeat_timeout=timedelta(seconds=settings.stale_seconds),
             queue_timeout=timedelta(seconds=settings.queue_check_seconds),
         )
         for run in candidates:
-            if run.status == "queued" and message_present(
-                settings.broker_url, run.queue, run.task_id, settings.broker_prefix
-            ):
+            if run.status == RunStatus.QUEUED and broker.holds(run.queue, run.task_id):
                 continue  # still waiting its turn
             if _out_of_attempts(run, settings.max_attempts):
-                queries.finish_run(
-                    session=session,
-                    run=run,
-                    status="failed",
-                    error=f"gave up after {run.attempts} attempts (worker lost each time)",
-                )
+                error = f"gave up after {run.attempts} attempts (worker lost each time)"
+                lifecycle.fail(session=session, run=run, error=error)
                 failed.append(run.id)
                 continue
-            queries.add_event(
-                session=session,
-                run_id=run.id,
-                kind="attempt",
-                step=run.step,
-                details={"requeued_from": run.status, "attempts": run.attempts},
-            )
-            run.status = "queued"
-            run.heartbeat_at = None
+            reason = "heartbeat stale" if run.status == RunStatus.RUNNING else "message lost"
+            lifecycle.requeue(session=session, run=run, reason=reason)
             requeue.append(run.id)
     if requeue:
         enqueue(requeue, sessions, settings.broker_url)
@@ -73,5 +87,28 @@ def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str,
     return {"requeued": requeue, "failed": failed}
 
 
+def reap_forever(
+    sessions: sessionmaker[Session],
+    settings: WorkerSettings,
+    report: Callable[[dict[str, list[int]]], object] = lambda outcome: None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Pass after pass, every `reap_every` seconds; a failed pass (Redis or PostgreSQL away, or
+    anything else) is logged and retried with backoff instead of ending the loop."""
+    stop = stop or threading.Event()
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            outcome = reap(sessions, settings)
+        except Exception as error:
+            log.warning("reaper pass failed (%s: %s); next try in %.0f s", type(error).__name__, error, backoff)
+            stop.wait(backoff)
+            backoff = min(2 * backoff, MAX_BACKOFF, max(settings.reap_every, 1.0))
+            continue
+        backoff = 1.0
+        report(outcome)
+        stop.wait(settings.reap_every)
+
+
 def _out_of_attempts(run: Run, max_attempts: int) -> bool:
-    return run.status == "running" and run.attempts >= max_attempts
+    return run.status == RunStatus.RUNNING and run.attempts >= max_attempts

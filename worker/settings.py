@@ -17,11 +17,22 @@ class WorkerSettings(BaseSettings):
     visibility_timeout: int = Field(
         7 * 24 * 3600, description="seconds before Redis redelivers an unacknowledged task: longer than any run"
     )
-    heartbeat_seconds: float = Field(5.0, description="at most this long between heartbeats of a running run")
-    stale_seconds: float = Field(
-        600.0, description="a running run whose heartbeat is older is presumed dead (longer than one measured step)"
+    heartbeat_seconds: float = Field(
+        5.0, description="at most this long between heartbeats of a running run (a thread beats, whatever the step)"
     )
-    queue_check_seconds: float = Field(60.0, description="a queued run older than this is checked on the broker")
+    stale_seconds: float = Field(
+        30.0, description="a running run whose heartbeat is older is presumed dead: its worker was lost"
+    )
+    queue_check_seconds: float = Field(
+        30.0, description="a queued run sent longer ago than this is looked for on the broker (and resent if lost)"
+    )
     max_attempts: int = Field(3, description="attempts per run before the reaper marks it failed")
-    reap_every: float = Field(30.0, description="seconds between reaper passes (Celery beat or eos reaper)")
+    reap_every: float = Field(
+        15.0,
+        description="seconds between reaper passes (Celery beat or eos reaper): a dead worker is seen within"
+        " stale_seconds + reap_every",
+    )
+    database_wait: float = Field(
+        300.0, description="seconds a worker waits out an unreachable database (retrying) before giving the run up"
+    )
     flush_rows: int = Field(4096, description="trace rows buffered per run before a write")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from functools import cache
 
+from celery.exceptions import Reject
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import database_url, make_engine, session_factory, verify_schema
 
 from .celery_app import REAP_TASK, RUN_TASK, app
+from .outage import database_unreachable, with_database
 from .reaper import reap
 from .runner import execute_run
 from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -25,14 +30,26 @@ def _sessions() -> sessionmaker[Session]:
 
 @app.task(name=RUN_TASK)
 def run_task(run_id: int) -> str | None:
+    """One run. While the database is unreachable the message is not consumed: the task waits
+    (with backoff), then hands the message back to the queue for a later try."""
     settings = WorkerSettings()
-    return execute_run(
-        run_id,
-        _sessions(),
-        stale_after=timedelta(seconds=settings.stale_seconds),
-        flush_rows=settings.flush_rows,
-        heartbeat_seconds=settings.heartbeat_seconds,
-    )
+    try:
+        sessions = with_database(_sessions, "connecting", settings.database_wait)
+        return execute_run(
+            run_id,
+            sessions,
+            stale_after=timedelta(seconds=settings.stale_seconds),
+            flush_rows=settings.flush_rows,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            database_wait=settings.database_wait,
+        )
+    except Exception as error:
+        if not database_unreachable(error):
+            raise
+        log.warning(
+            "run %s: database unreachable for %.0f s; message returned to the queue", run_id, settings.database_wait
+        )
+        raise Reject(str(error), requeue=True) from error
 
 
 @app.task(name=REAP_TASK)

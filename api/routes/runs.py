@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from store import queries
+from store import lifecycle, queries
 
 from ..deps import CurrentUser, SessionDep, require_owner
 from ..schemas import EventsPublic, Message, Responses, RunPublic, RunsPublic, RunStatus
@@ -52,7 +52,7 @@ def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunPublic
     """Cancel a run (owner or admin): a queued run at once, a running one at its next trace flush."""
     run = queries.get_run(session=session, run_id=run_id, for_update=True)
     require_owner(user, queries.run_owner(session=session, run=run).id, f"run {run_id}")
-    queries.request_cancel(session=session, run=run)
+    lifecycle.cancel(session=session, run=run)
     return run_public(run)
 
 

@@ -22,6 +22,10 @@ from tests.resources import REDIS_URL
 
 DATABASE = session_name("eos_test_api")
 URL = database_url(DATABASE)
+# Tests that need real concurrency (many connections, real commits) use their own database,
+# emptied after each of them (see `committed`).
+LOAD_DATABASE = session_name("eos_test_api_load")
+LOAD_URL = database_url(LOAD_DATABASE)
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +113,19 @@ def api(sessions: sessionmaker[Session], settings: ApiSettings) -> Iterator[Api]
     app = create_app(settings, sessions, enqueue=enqueued.extend)
     with TestClient(app) as client:
         yield Api(client, sessions, enqueued, add_users(sessions))
+
+
+@pytest.fixture(scope="session")
+def load_engine() -> Iterator[Engine]:
+    engine = fresh_engine(LOAD_DATABASE)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def committed(load_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the load database that really commit; every table is emptied afterwards."""
+    yield sessionmaker(bind=load_engine, expire_on_commit=False)
+    tables = ", ".join(model.__tablename__ for model in (TraceChunk, Event, Run, Experiment, ApiToken, User))
+    with load_engine.begin() as connection:
+        connection.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")

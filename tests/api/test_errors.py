@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.app import create_app
 from api.settings import ApiSettings
 from store.models import User
-from tests.postgres import database_url, recreate_database
+from tests.postgres import database_url, recreate_database, session_name
 
 from .conftest import Api, small_spec
 
@@ -144,8 +144,9 @@ def test_ready_is_503_without_a_broker(sessions: sessionmaker[Session], settings
 
 
 def test_refuses_to_start_on_an_unmigrated_database(connection: Connection, settings: ApiSettings) -> None:
-    recreate_database("eos_test_api_empty")
-    settings = settings.model_copy(update={"database_url": database_url("eos_test_api_empty")})
+    empty = session_name("eos_test_api_empty")
+    recreate_database(empty)
+    settings = settings.model_copy(update={"database_url": database_url(empty)})
     with (
         pytest.raises(RuntimeError, match="eos db upgrade"),
         TestClient(create_app(settings, enqueue=lambda ids: None)),

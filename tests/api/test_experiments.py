@@ -16,7 +16,7 @@ from api.settings import ApiSettings
 from eos_core.kappa import kappa_b
 from eos_core.trace import METRICS
 from eos_core.verdict import IN_S, OUTSIDE_S
-from store import queries
+from store import lifecycle, queries
 from store.traces import append_trace
 
 from ..resources import BROKER_PREFIX
@@ -111,7 +111,7 @@ def test_delete_experiment_with_running_run_is_409(api: Api) -> None:
     created = api.submit()
     run_id = created["runs"][0]["id"]
     with api.sessions.begin() as session:
-        queries.claim_run(session=session, run_id=run_id, worker="w1", stale_after=timedelta(minutes=2))
+        lifecycle.claim(session=session, run_id=run_id, worker="w1", stale_after=timedelta(minutes=2))
     before = api.counts()
     response = api.delete(f"/api/v1/experiments/{created['id']}")
     assert response.status_code == 409 and "cancel them first" in response.json()["detail"]
@@ -145,7 +145,8 @@ def test_kappa_per_batch_size_and_summaries_old_and_new(api: Api) -> None:
             chunk.update(step=np.arange(50, dtype=np.int64), eta_loss=x, stable=v)
             append_trace(session=session, run_id=run["id"], chunk=chunk)
             db_run = queries.get_run(session=session, run_id=run["id"])
-            queries.finish_run(session=session, run=db_run, status="completed", summary=summary)
+            db_run.status = "running"  # as if a worker had trained it
+            lifecycle.finish(session=session, run=db_run, status=lifecycle.RunStatus.COMPLETED, summary=summary)
     body = api.get(f"/api/v1/experiments/{created['id']}/kappa").json()
     assert [i["batch_size"] for i in body["items"]] == [2, 8]
     expected = kappa_b(x, v)

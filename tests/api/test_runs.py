@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from store import queries
+from store import lifecycle, queries
 
 from .conftest import Api
 
 
 def start(api: Api, run_id: int) -> None:
     with api.sessions.begin() as session:
-        queries.claim_run(session=session, run_id=run_id, worker="w1", stale_after=timedelta(minutes=2))
+        lifecycle.claim(session=session, run_id=run_id, worker="w1", stale_after=timedelta(minutes=2))
 
 
 def test_get_run_and_list_runs(api: Api) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from eos_core import StopTraining
 from eos_core.trace import METRICS
-from store import queries
+from store import lifecycle, queries
 from store.db import session_factory
 from store.models import User
 from store.traces import append_trace
@@ -113,9 +113,9 @@ def add_long_run(session: Session, user: User) -> int:
     experiment = queries.create_experiment(session=session, owner=user, spec=spec, name="long synthetic trace")
     (run,) = queries.list_runs(session=session, experiment_id=experiment.id)
     append_trace(session=session, run_id=run.id, chunk=long_trace(LONG_ROWS, LONG_SPIKE_AT, LONG_SPIKE))
-    run.step, run.progress = LONG_ROWS - 1, 1.0
+    run.step, run.progress, run.status = LONG_ROWS - 1, 1.0, "running"  # as if a worker had trained it
     summary = {"lr_effective": LONG_LR, "recorded_steps": LONG_ROWS}
-    queries.finish_run(session=session, run=run, status="completed", summary=summary)
+    lifecycle.finish(session=session, run=run, status=lifecycle.RunStatus.COMPLETED, summary=summary)
     return run.id
 
 
@@ -142,7 +142,8 @@ def mark_running(run_id: int, sessions: sessionmaker[Session]) -> None:
 def mark_completed(run_id: int, summary: dict[str, Any], sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         run = queries.get_run(session=session, run_id=run_id)
-        queries.finish_run(session=session, run=run, status="completed", summary=summary)
+        run.status = "running"
+        lifecycle.finish(session=session, run=run, status=lifecycle.RunStatus.COMPLETED, summary=summary)
 
 
 @pytest.fixture(scope="session")

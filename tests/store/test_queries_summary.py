@@ -10,7 +10,7 @@ from eos_core.kappa import kappa_b
 from eos_core.summary import RunSummary
 from eos_core.trace import METRICS
 from eos_core.verdict import IN_S, OUTSIDE_S, UNDECIDED
-from store import queries
+from store import lifecycle, queries
 from store.models import Experiment, Run, User
 from store.traces import append_trace
 
@@ -66,10 +66,13 @@ def test_summary_events_follow_the_summary_and_ignore_old_definitions() -> None:
 def test_finish_run_stores_strict_json(session: Session, value: float) -> None:
     user = User(name="json")
     experiment = Experiment(name="json", owner=user, spec={})
-    run = Run(experiment=experiment, spec={}, spec_hash="0" * 64)
+    run = Run(experiment=experiment, spec={}, spec_hash="0" * 64, status="running")
     session.add_all([user, experiment, run])
     session.flush()
-    queries.finish_run(
-        session=session, run=run, status="completed", summary=RunSummary(final_loss=value, max_drift=1.0)
+    lifecycle.finish(
+        session=session,
+        run=run,
+        status=lifecycle.RunStatus.COMPLETED,
+        summary=RunSummary(final_loss=value, max_drift=1.0),
     )
     assert run.summary is not None and run.summary["final_loss"] is None and run.summary["max_drift"] == 1.0
