@@ -22,6 +22,8 @@ from store import queries
 from .conftest import ROOT, WorkerProcess, wait_for, worker_env
 from .test_worker import SPEC
 
+pytestmark = pytest.mark.slow  # a server, a worker and a sweep over HTTP
+
 
 def _free_port() -> int:
     with socket.socket() as sock:

@@ -23,6 +23,8 @@ from worker.settings import WorkerSettings
 from ..resources import BROKER_PREFIX
 from .conftest import BROKER_URL, WorkerProcess, wait_for
 
+pytestmark = pytest.mark.slow  # real worker processes training real runs
+
 SPEC: dict[str, Any] = {
     "name": "worker-test",
     "device": "cpu",
