@@ -36,6 +36,21 @@ class BrokerView:
         self._unacked: bytes | None = None
         self._queues: dict[str, bytes] = {}
 
+    def forget(self, task_id: str | None) -> int:
+        """Drop a dead attempt's message from the unacknowledged set (kombu's `unacked` hash and its
+        index), where it would otherwise wait out the visibility timeout (7 days) and then be
+        redelivered for nothing. Returns how many entries went."""
+        if task_id is None or not self.url.startswith("redis"):
+            return 0
+        client = redis.Redis.from_url(self.url)
+        needle = task_id.encode()
+        entries = client.hgetall(self.prefix + "unacked")
+        tags = [tag for tag, message in entries.items() if needle in _joined([message])]
+        if tags:
+            client.zrem(self.prefix + "unacked_index", *tags)
+            client.hdel(self.prefix + "unacked", *tags)
+        return len(tags)
+
     def holds(self, queue: str, task_id: str | None) -> bool:
         if task_id is None:
             return False
@@ -79,6 +94,8 @@ def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str,
                 failed.append(run.id)
                 continue
             reason = "heartbeat stale" if run.status == RunStatus.RUNNING else "message lost"
+            if run.status == RunStatus.RUNNING:
+                broker.forget(run.task_id)  # the dead worker's message, held unacknowledged
             lifecycle.requeue(session=session, run=run, reason=reason)
             requeue.append(run.id)
     if requeue:

@@ -46,6 +46,11 @@ def _submit(
     return ids
 
 
+def _unacked_holds(task_id: str) -> bool:
+    held = redis.Redis.from_url(BROKER_URL).hvals(BROKER_PREFIX + "unacked")
+    return any(task_id.encode() in message for message in held)
+
+
 def _run(sessions: sessionmaker[Session], run_id: int) -> Any:
     with sessions() as session:
         return queries.get_run(session=session, run_id=run_id)
@@ -100,7 +105,10 @@ def test_worker_killed_mid_run_then_restarted_completes_with_one_row_per_step(
         partial = len(trace_steps(session=session, run_id=run_id))
     assert 0 < partial < 1501 and _status(sessions, run_id) == "running"
     # The dead worker's heartbeat goes stale; the reaper requeues the run for a new worker.
+    dead_task = _run(sessions, run_id).task_id
+    assert dead_task is not None and _unacked_holds(dead_task)  # SIGKILL: never acknowledged
     wait_for(lambda: reap(sessions, _settings(stale_seconds=2))["requeued"] == [run_id], 30, "the reaper")
+    assert not _unacked_holds(dead_task)  # not left for the 7-day visibility timeout to redeliver
     start_worker("cpu")
     wait_for(lambda: _status(sessions, run_id) == "completed", 180, "the retried run to complete")
     with sessions() as session:
