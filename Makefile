@@ -8,15 +8,23 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench clean
 
+# pip shows what it collects, downloads and installs (no -q): on a fresh machine this takes minutes.
+PIP := $(PY) -m pip install
+
 $(STAMP): pyproject.toml Makefile
+	@echo "== [1/5] virtual environment $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]'
-	# Debian's Chromium for the dashboard's browser tests (never `playwright install`: no downloads here)
+	@echo "== [2/5] pip"
+	$(PIP) --upgrade pip
+	@echo "== [3/5] $(TORCH_PIN) (the largest download)"
+	$(PIP) $(TORCH_PIN)
+	@echo "== [4/5] eos and its dependencies, editable, with the dev tools"
+	$(PIP) -e '.[dev]'
+	@echo "== [5/5] Chromium for the dashboard's browser tests (Debian's package; never playwright install)"
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
 		|| echo "chromium not installed: the dashboard browser tests will skip"
 	touch $(STAMP)
+	@echo "== installed: $(VENV) is ready"
 
 install: $(STAMP)
 

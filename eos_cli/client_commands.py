@@ -30,7 +30,7 @@ from rich.table import Table
 
 from eos_client import Client, EosError, InputError, Run
 
-from .summary import runs_table
+from .summary import print_failures, runs_table
 
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 a run failed, diverged or was cancelled, or the request conflicts with a run's state; "
@@ -58,18 +58,19 @@ MetricsOption = Annotated[
 ]
 
 
-def open_client(url: str | None, token: str | None, db: str | None) -> Client:
-    """A server client when a URL is given (or EOS_URL is set), else the embedded store."""
+def open_client(url: str | None, token: str | None, db: str | None, *, create: bool = False) -> Client:
+    """A server client when a URL is given (or EOS_URL is set), else the embedded store: an SQLite file
+    that does not exist is created only when `create` (submit), and refused otherwise (every read)."""
     if url and db:
         raise InputError("--db names the embedded store and --url a server: give one of them")
-    return Client(url, token) if url else Client.local(db)
+    return Client(url, token) if url else Client.local(db, create=create)
 
 
 @contextmanager
-def connected(url: str | None, token: str | None, db: str | None) -> Iterator[Client]:
+def connected(url: str | None, token: str | None, db: str | None, *, create: bool = False) -> Iterator[Client]:
     """The client for a command; any EosError ends the command with its message and exit code."""
     try:
-        with open_client(url, token, db) as client:
+        with open_client(url, token, db, create=create) as client:
             yield client
     except EosError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
@@ -90,14 +91,18 @@ def _fmt(value: Any) -> str:
 
 
 def _rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    return [{"id": r.id, "params": r.params, "status": r.status, "summary": r.summary} for r in runs]
+    return [
+        {"id": r.id, "params": r.params, "status": r.status, "summary": r.summary, "failure": r.failure} for r in runs
+    ]
 
 
 def print_runs(rows: Sequence[dict[str, Any]], title: str, console: Console) -> None:
-    """eos_cli.summary's runs table, without vertical rules so that it fits an 80-column terminal."""
+    """eos_cli.summary's runs table, without vertical rules so that it fits an 80-column terminal, then
+    why each failed or diverged run did not complete."""
     table = runs_table(rows, title)
     table.box, table.padding, table.show_edge = box.SIMPLE_HEAD, (0, 0), False  # one space between columns
     console.print(table)
+    print_failures(rows, console)
 
 
 def _print_final(runs: Sequence[Run], title: str) -> None:
@@ -127,7 +132,7 @@ def submit(
 
     On a server the runs are queued for the workers (--wait follows them); on the embedded store they
     train now, in this process, with progress bars."""
-    with connected(url, token, db) as client:
+    with connected(url, token, db, create=True) as client:
         experiment = client.submit(spec, sweep or None, name=name, tags=tag or ())
         console.print(f"experiment {experiment.id}: {len(experiment.run_ids)} run(s) on {escape(client.url)}")
         if not (wait or client.is_local):

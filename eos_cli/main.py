@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 a run failed or diverged (with --strict), 2 bad input.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from eos_core.sweep import SweepError
@@ -80,7 +82,11 @@ def run(
     console.print(f"experiment {experiment_id}: {len(run_ids)} run(s) into {engine.url.render_as_string()}")
     executor = InProcessExecutor(sessions, heartbeat_seconds=1.0)
     for run_id in run_ids:
+        started = time.perf_counter()
         _run_with_bar(run_id, executor)
+        with sessions() as session:
+            row = _row(queries.get_run(session=session, run_id=run_id))
+        _print_outcome(row, time.perf_counter() - started)
     with sessions.begin() as session:
         rows = [_row(r) for r in queries.list_runs(session=session, experiment_id=experiment_id)]
     print_runs(rows, title=f"experiment {experiment_id}", console=console)
@@ -96,13 +102,27 @@ def _run_with_bar(run_id: int, executor: Any) -> None:
         def progress(step: int, steps: int) -> None:
             bar.update(task, completed=step, total=steps)
 
-        started = time.perf_counter()
-        status = executor.execute(run_id, progress=progress)
-    console.print(f"run {run_id}: {status} in {time.perf_counter() - started:.1f} s")
+        executor.execute(run_id, progress=progress)
+
+
+def _print_outcome(row: dict[str, Any], seconds: float) -> None:
+    """'run 1: completed in 2.0 s', or 'run 1: failed at step 0 of 10 in 0.1 s' with the error beneath."""
+    if not row["failure"]:
+        console.print(f"run {row['id']}: {row['status']} in {seconds:.1f} s")
+        return
+    head, _, why = row["failure"].partition(": ")
+    head = head.replace(" (", f" in {seconds:.1f} s (", 1) if "(" in head else f"{head} in {seconds:.1f} s"
+    console.print(f"[red]run {row['id']}: {escape(head)}[/red]", highlight=False)
+    if why:
+        console.print(f"  {escape(why)}", soft_wrap=True, highlight=False)
 
 
 def _row(run: Any) -> dict[str, Any]:
-    return {"id": run.id, "params": run.params, "status": run.status, "summary": run.summary}
+    from eos_client.models import failure_text
+
+    summary = run.summary or {}
+    failure = failure_text(run.status, run.step, run.steps, run.error, summary.get("diverged_step"))
+    return {"id": run.id, "params": run.params, "status": run.status, "summary": run.summary, "failure": failure}
 
 
 @db_app.command("upgrade")
@@ -147,20 +167,88 @@ def serve(
     serve_api(host, port, workers)
 
 
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(name)s] %(message)s"
+
+
+def _configure_logging() -> logging.Logger:
+    """INFO and above to stderr, with the time, unless the process configured logging already (the
+    reaper's requeues and failures, the worker's runs); returns the `eos` logger the commands write to."""
+    root = logging.getLogger()
+    if not any(not isinstance(h, logging.NullHandler) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check's "Context impl ..." lines
+    return logging.getLogger("eos")
+
+
+def redact(url: str) -> str:
+    """A URL with its password replaced by ***, as logs may show it."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def _log_run_tasks(log: logging.Logger) -> None:
+    """A line when a run task starts and when it ends, with the run id and its final status (Celery's
+    own lines name the task id only)."""
+    from celery import signals
+
+    from worker.celery_app import RUN_TASK
+
+    def started(task: Any = None, task_id: str | None = None, args: Any = (), **_: Any) -> None:
+        if getattr(task, "name", None) == RUN_TASK and args:
+            log.info("run %s: starting (task %s)", args[0], task_id)
+
+    def ended(task: Any = None, args: Any = (), retval: Any = None, state: str | None = None, **_: Any) -> None:
+        if getattr(task, "name", None) != RUN_TASK or not args:
+            return
+        if state == "SUCCESS":
+            outcome = retval if retval is not None else "skipped (finished already, or claimed by another worker)"
+            log.info("run %s: %s", args[0], outcome)
+        else:
+            log.warning("run %s: task ended in state %s (%s)", args[0], state, retval)
+
+    signals.task_prerun.connect(started, weak=False, dispatch_uid="eos-run-started")
+    signals.task_postrun.connect(ended, weak=False, dispatch_uid="eos-run-ended")
+
+
 @app.command()
 def worker(
     queue: Annotated[str, typer.Option(help="gpu or cpu")] = "cpu",
     name: Annotated[str | None, typer.Option(help="worker node name")] = None,
     beat: Annotated[bool, typer.Option(help="also run the reaper on a schedule (Celery beat)")] = False,
 ) -> None:
-    """A Celery worker for one queue: solo pool, one run at a time, nothing forked after CUDA."""
+    """A Celery worker for one queue: solo pool, one run at a time, nothing forked after CUDA.
+
+    Logs (stderr) its settings at start, then each run it starts and how it ended."""
     if queue not in ("gpu", "cpu"):
         _fail("--queue must be gpu or cpu")
     from store.db import database_url, make_engine, verify_schema
     from worker.celery_app import app as celery_app
     from worker.settings import WorkerSettings
 
-    verify_schema(make_engine(WorkerSettings().database_url or database_url()))
+    log = _configure_logging()
+    settings = WorkerSettings()
+    url = settings.database_url or database_url()
+    log.info(
+        "eos worker starting: queue %s, broker %s%s, database %s, heartbeat every %g s, stale after %g s%s",
+        queue,
+        redact(settings.broker_url),
+        f" (key prefix {settings.broker_prefix!r})" if settings.broker_prefix else "",
+        redact(url),
+        settings.heartbeat_seconds,
+        settings.stale_seconds,
+        f", reaper (beat) every {settings.reap_every:g} s" if beat else "",
+    )
+    verify_schema(make_engine(url))
+    _log_run_tasks(log)
     argv = [
         "worker",
         "--pool=solo",
@@ -181,25 +269,35 @@ def worker(
 def reaper(
     once: Annotated[bool, typer.Option(help="one pass, then exit")] = False,
 ) -> None:
-    """Requeue runs whose worker died or whose broker message was lost."""
+    """Requeue runs whose worker died or whose broker message was lost.
+
+    Logs (stderr) its settings at start, and every run it requeues or gives up on."""
     from store.db import database_url, make_engine, session_factory, verify_schema
     from worker.reaper import reap, reap_forever
     from worker.settings import WorkerSettings
 
+    log = _configure_logging()
     settings = WorkerSettings()
-    engine = make_engine(settings.database_url or database_url())
+    url = settings.database_url or database_url()
+    log.info(
+        "eos reaper starting: %s, broker %s%s, database %s, stale after %g s, queued runs checked after %g s, "
+        "%d attempts per run",
+        "one pass" if once else f"a pass every {settings.reap_every:g} s",
+        redact(settings.broker_url),
+        f" (key prefix {settings.broker_prefix!r})" if settings.broker_prefix else "",
+        redact(url),
+        settings.stale_seconds,
+        settings.queue_check_seconds,
+        settings.max_attempts,
+    )
+    engine = make_engine(url)
     verify_schema(engine)
     sessions = session_factory(engine)
-
-    def report(outcome: dict[str, list[int]]) -> None:
-        if outcome["requeued"] or outcome["failed"] or once:
-            console.print(f"requeued {outcome['requeued']}, failed {outcome['failed']}")
-
     if once:
-        report(reap(sessions, settings))
+        outcome = reap(sessions, settings)
+        console.print(f"requeued {outcome['requeued']}, failed {outcome['failed']}")
         return
-    console.print(f"reaper: a pass every {settings.reap_every:g} s, stale after {settings.stale_seconds:g} s")
-    reap_forever(sessions, settings, report)
+    reap_forever(sessions, settings)  # each requeue and failure is logged by worker.reaper
 
 
 from .client_commands import register  # noqa: E402  (the client commands: submit, status, watch, runs, ...)

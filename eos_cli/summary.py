@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from eos_client.models import params_label
 from eos_core.summary import RunSummary
 
 
@@ -45,7 +47,7 @@ def runs_table(rows: Iterable[dict[str, Any]], title: str = "runs") -> Table:
         table.add_column(column, justify="left" if column in ("params", "status") else "right")
     for row in rows:
         s = RunSummary.from_stored(row.get("summary")) or RunSummary()
-        params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in (row.get("params") or {}).items()) or "-"
+        params = params_label(row.get("params") or {}) or "-"
         table.add_row(
             str(row["id"]),
             params,
@@ -61,8 +63,18 @@ def runs_table(rows: Iterable[dict[str, Any]], title: str = "runs") -> Table:
     return table
 
 
+def print_failures(rows: Iterable[dict[str, Any]], console: Console) -> None:
+    """Below a runs table: why each run that failed or diverged did not complete (a row's "failure",
+    eos_client.models.failure_text), the error's type and message in full."""
+    for row in rows:
+        if row.get("failure"):
+            console.print(f"[red]run {row['id']}[/red] {escape(row['failure'])}", soft_wrap=True, highlight=False)
+
+
 def print_runs(rows: Iterable[dict[str, Any]], title: str = "runs", console: Console | None = None) -> None:
+    rows = list(rows)
     console = console or Console()
     if not console.is_terminal:  # piped output (a log, CI) would be squeezed to 80 columns
         console = Console(file=console.file, width=140)
     console.print(runs_table(rows, title))
+    print_failures(rows, console)

@@ -90,7 +90,8 @@ def load_spec(spec: SpecLike) -> dict[str, Any]:
 
 
 def parse_sweep(sweep: SweepLike) -> dict[str, list[Any]] | None:
-    """{"optimizer.lr": [0.1, 1]} as is; ["optimizer.lr=0.1,1"] parsed (values as YAML scalars)."""
+    """{"optimizer.lr": [0.1, 1]} as is; ["optimizer.lr=0.1,1"] parsed (values as YAML scalars), or
+    ["optimizer=[{lr: 1, steps: 9}, {lr: 10}]"] (a YAML list, for values that hold commas)."""
     if sweep is None or isinstance(sweep, Mapping):
         return None if not sweep else {str(k): list(v) for k, v in sweep.items()}
     parsed: dict[str, list[Any]] = {}
@@ -98,8 +99,20 @@ def parse_sweep(sweep: SweepLike) -> dict[str, list[Any]] | None:
         path, sep, values = str(item).partition("=")
         if not sep or not path.strip() or not values.strip():
             raise InputError(f"sweep {item!r}: expected PATH=V1,V2,... such as optimizer.lr=1,10,100")
-        parsed[path.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        parsed[path.strip()] = _sweep_values(str(item), values.strip())
     return parsed or None
+
+
+def _sweep_values(item: str, values: str) -> list[Any]:
+    if not values.startswith("["):
+        return [yaml.safe_load(v) for v in values.split(",")]
+    try:
+        found = yaml.safe_load(values)
+    except yaml.YAMLError as exc:
+        raise InputError(f"sweep {item!r}: the values are not a valid YAML list: {exc}") from exc
+    if not isinstance(found, list) or not found:
+        raise InputError(f"sweep {item!r}: expected a non-empty YAML list such as [{{lr: 1}}, {{lr: 10}}]")
+    return found
 
 
 def metric_names(metrics: Metrics) -> list[str] | None:
@@ -133,18 +146,19 @@ class Client:
         self.retry_seconds = 60.0  # how long a 503 or an unreachable server is retried
 
     @classmethod
-    def local(cls, db: str | Path | None = None) -> Client:
+    def local(cls, db: str | Path | None = None, *, create: bool = True) -> Client:
         """The embedded store: an SQLite file (default EOS_DATABASE_URL or ~/.eos/eos.sqlite), upgraded on open.
 
         Submitted runs train in this process, one at a time, in a background thread; `close()` cancels the
         ones not finished. Waiting on queued runs of the store (left by another process) trains them here.
+        create=False refuses a file that does not exist (InputError) instead of creating an empty store.
         """
         client = cls.__new__(cls)
-        client._open_local(db)
+        client._open_local(db, create=create)
         return client
 
-    def _open_local(self, db: str | Path | None) -> None:
-        self._local = LocalStore.open(db)
+    def _open_local(self, db: str | Path | None, *, create: bool = True) -> None:
+        self._local = LocalStore.open(db, create=create)
         self.url = self._local.url
         headers = {"Authorization": f"Bearer {self._local.token}"}
         self._http = httpx.Client(transport=self._local.transport, base_url=BASE_URL + API, headers=headers)

@@ -13,6 +13,7 @@ only: a client of a remote server never loads them.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import httpx
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import EosError
+from .errors import EosError, InputError
 
 if TYPE_CHECKING:
     from worker.executors import InProcessExecutor
@@ -88,12 +89,16 @@ class LocalStore:
     token: str
 
     @classmethod
-    def open(cls, db: str | Path | None = None) -> LocalStore:
+    def open(cls, db: str | Path | None = None, *, create: bool = True) -> LocalStore:
+        """The store in `db` (default EOS_DATABASE_URL or ~/.eos/eos.sqlite). With create=False an SQLite
+        file that does not exist is refused (InputError) rather than created empty: what reads want."""
         from api.app import create_app
         from api.settings import ApiSettings
         from store.db import database_url, session_factory
         from worker.executors import InProcessExecutor
 
+        if not create:
+            require_existing(db)
         url = database_url(db)
         engine = local_engine(url)
         _prepare(engine, url)
@@ -112,6 +117,32 @@ class LocalStore:
         with self.sessions.begin() as session:
             session.execute(delete(ApiToken).where(ApiToken.token_hash == hash_token(self.token)))
         self.engine.dispose()
+
+
+def sqlite_file(db: str | Path | None) -> Path | None:
+    """The SQLite file that `db` names (as store.db.database_url reads it); None for another database
+    or an in-memory one."""
+    from sqlalchemy.engine import make_url
+
+    from store.db import DEFAULT_SQLITE
+
+    text = str(db if db is not None else os.environ.get("EOS_DATABASE_URL") or DEFAULT_SQLITE)
+    if "://" not in text:
+        return Path(text).expanduser().resolve()
+    url = make_url(text)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).expanduser().resolve()
+
+
+def require_existing(db: str | Path | None) -> None:
+    """Refuse an SQLite store that does not exist: a mistyped --db must not become an empty database."""
+    path = sqlite_file(db)
+    if path is None or path.is_file():
+        return
+    named = db is not None or os.environ.get("EOS_DATABASE_URL")
+    why = "a mistyped --db or EOS_DATABASE_URL?" if named else "the default store: nothing was run here yet"
+    raise InputError(f"no eos store at {path}: the file does not exist ({why}). `eos run` or `eos submit` creates it.")
 
 
 def _prepare(engine: Engine, url: str) -> None:

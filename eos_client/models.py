@@ -13,6 +13,35 @@ from eos_core.summary import RunSummary
 FINISHED = frozenset({"completed", "diverged", "failed", "cancelled"})
 
 
+def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Swept params with a swept sub-object's keys as dotted paths: {"optimizer": {"lr": 1}} -> {"optimizer.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_params(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def params_label(params: dict[str, Any]) -> str:
+    """'lr=10, batch_size=8': each swept field by its last name (the leaves of a swept sub-object too)."""
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in flat_params(params).items())
+
+
+def failure_text(status: str, step: int, steps: int, error: str | None, diverged_step: int | None = None) -> str | None:
+    """'failed at step 12 of 200: ValueError: ...' for a failed run (or a finished one with an error),
+    'diverged at step N (...)' for a diverged one, else None. Shared by `Run.failure` and `eos run`."""
+    if status == "failed" or (error and status in FINISHED):
+        where = f"at step {step} of {steps}" if steps else f"at step {step}"
+        return f"{status} {where}: {error or 'no error recorded'}"
+    if status == "diverged":
+        at = diverged_step if diverged_step is not None else step
+        return f"diverged at step {at} (the iterate or its loss is no longer finite)"
+    return None
+
+
 def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
@@ -43,9 +72,22 @@ class Run:
         return self.status in FINISHED
 
     @property
+    def failure(self) -> str | None:
+        """Why the run did not complete: 'failed at step 12 of 200: ValueError: ...' (the error's type and
+        message as the worker recorded them, and the step it reached); 'diverged at step N (...)' for a
+        diverged run. None for a run that completed, or has not finished."""
+        diverged_step = self.summary.diverged_step if self.summary is not None else None
+        return failure_text(self.status, self.step, self.steps, self.error, diverged_step)
+
+    def __str__(self) -> str:
+        """'run 3 (lr=10): failed at step 12 of 200: ValueError: ...', or 'run 3 (lr=10): running, 120/200'."""
+        head = f"run {self.id} ({self.label})" if self.params else f"run {self.id}"
+        return f"{head}: {self.failure or f'{self.status}, {self.step}/{self.steps} steps'}"
+
+    @property
     def label(self) -> str:
         """'lr=10, batch_size=8' from the swept parameters (the run id when nothing was swept)."""
-        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.params.items()) or f"run {self.id}"
+        return params_label(self.params) or f"run {self.id}"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Run:

@@ -78,6 +78,7 @@ def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str,
     """One pass: requeue what was lost, fail what ran out of attempts, send what was requeued."""
     requeue: list[int] = []
     failed: list[int] = []
+    actions: list[str] = []  # what this pass did, logged once committed
     broker = BrokerView(settings.broker_url, settings.broker_prefix)
     with sessions.begin() as session:
         candidates = lifecycle.stale(
@@ -92,15 +93,19 @@ def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str,
                 error = f"gave up after {run.attempts} attempts (worker lost each time)"
                 lifecycle.fail(session=session, run=run, error=error)
                 failed.append(run.id)
+                actions.append(f"run {run.id} failed: {error}")
                 continue
             reason = "heartbeat stale" if run.status == RunStatus.RUNNING else "message lost"
             if run.status == RunStatus.RUNNING:
                 broker.forget(run.task_id)  # the dead worker's message, held unacknowledged
             lifecycle.requeue(session=session, run=run, reason=reason)
             requeue.append(run.id)
+            actions.append(f"run {run.id} requeued ({reason}, {run.attempts} attempt(s) so far)")
+    for action in actions:  # committed: now they happened
+        log.warning("reaper: %s", action)
     if requeue:
         enqueue(requeue, sessions, settings.broker_url)
-        log.warning("reaper requeued runs %s", requeue)
+        log.warning("reaper requeued runs %s (sent to their queues again)", requeue)
     return {"requeued": requeue, "failed": failed}
 
 

@@ -57,6 +57,7 @@ BATCHES = [4, 16]
 STEPS = 200
 PARTIAL_AT = 110  # the 'running' run is stopped after about this many steps
 LONG_ROWS, LONG_SPIKE_AT, LONG_SPIKE, LONG_LR = 30_000, 17_777, 50.0, 10.0
+FAIL_AT, FAILURE = 50, "the accelerator fell off the bus (simulated)"
 
 # Tiny but real: the paper's Fig. 4 setting (linear model, separable-ish Gaussian mixture), with
 # the instrumentation thinned so that each run trains in a second or two.
@@ -90,6 +91,8 @@ class Data:
     running_id: int
     running_summary: dict[str, Any] = field(default_factory=dict)
     long_id: int = 0  # a run with a long synthetic trace, to be drawn downsampled
+    failed_experiment_id: int = 0  # two runs: the first fails half-way (FAILURE at FAIL_AT), the second completes
+    failed_id: int = 0
 
 
 def long_trace(rows: int, spike_at: int, spike: float) -> dict[str, np.ndarray]:
@@ -128,6 +131,31 @@ def train_partially(run_id: int, sessions: sessionmaker[Session]) -> None:
 
     status = execute_run(run_id, sessions, worker="dashboard-test", flush_rows=16, progress=progress)
     assert status == "cancelled", status
+
+
+def train_then_fail(run_id: int, sessions: sessionmaker[Session]) -> None:
+    """Train until FAIL_AT steps, then raise as a crashing step would: the worker records the failure."""
+
+    def progress(step: int, _steps: int) -> None:
+        if step >= FAIL_AT:
+            raise RuntimeError(FAILURE)
+
+    status = execute_run(run_id, sessions, worker="dashboard-test", flush_rows=16, progress=progress)
+    assert status == "failed", status
+
+
+def add_failed_experiment(sessions: sessionmaker[Session]) -> tuple[int, int]:
+    """(experiment id, failed run id): a sweep of two step sizes whose first run fails half-way."""
+    with sessions.begin() as session:
+        user = queries.get_user(session=session, name="dana")
+        experiment = queries.create_experiment(
+            session=session, owner=user, spec=SPEC, sweep={"optimizer.lr": LRS}, name="one run fails"
+        )
+        failed_id, other_id = (r.id for r in queries.list_runs(session=session, experiment_id=experiment.id))
+        experiment_id = experiment.id
+    train_then_fail(failed_id, sessions)
+    assert execute_run(other_id, sessions, worker="dashboard-test") == "completed"
+    return experiment_id, failed_id
 
 
 def mark_running(run_id: int, sessions: sessionmaker[Session]) -> None:
@@ -183,7 +211,8 @@ def data(sessions: sessionmaker[Session]) -> Data:
     mark_running(running_id, sessions)
     with sessions.begin() as session:
         long_id = add_long_run(session, queries.get_user(session=session, name="dana"))
-    return Data(token, experiment_id, run_ids, params, running_id, summary, long_id)
+    failed_experiment_id, failed_id = add_failed_experiment(sessions)
+    return Data(token, experiment_id, run_ids, params, running_id, summary, long_id, failed_experiment_id, failed_id)
 
 
 def free_port() -> int:

@@ -10,7 +10,18 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from .conftest import BATCHES, LONG_ROWS, LONG_SPIKE, LRS, Data, Page, mark_completed, mark_running
+from .conftest import (
+    BATCHES,
+    FAIL_AT,
+    FAILURE,
+    LONG_ROWS,
+    LONG_SPIKE,
+    LRS,
+    Data,
+    Page,
+    mark_completed,
+    mark_running,
+)
 
 MAX_POINTS = 1500
 
@@ -207,4 +218,31 @@ def test_a_long_trace_is_drawn_downsampled_and_keeps_its_spike(page: Page, data:
     assert max(plotted[1]) < LONG_SPIKE / 2
     assert "Downsampled to" in tab.inner_text("#plot-loss .caption")
     page.screenshot("run-long")
+    page.assert_clean()
+
+
+def test_a_failed_run_says_why_on_its_page_and_on_its_experiments(page: Page, data: Data, api: httpx.Client) -> None:
+    run = api.get(f"/runs/{data.failed_id}").json()
+    assert run["status"] == "failed" and run["error"] == f"RuntimeError: {FAILURE}"
+    assert FAIL_AT <= run["step"] < run["steps"]
+    why = f"failed at step {run['step']} of {run['steps']}: RuntimeError: {FAILURE}"
+
+    tab = page.open(f"/runs/{data.failed_id}")
+    notice = tab.locator("#header #failure")
+    assert notice.locator("strong").inner_text() == f"Failed at step {run['step']} of {run['steps']}"
+    assert notice.locator("pre").inner_text() == f"RuntimeError: {FAILURE}"
+    assert tab.evaluate("() => eosDashboard.charts.loss.data[0].length") > 0  # the steps before the failure
+    page.screenshot("run-failed")
+
+    tab = page.open(f"/experiments/{data.failed_experiment_id}")
+    cell = tab.locator(f"#status-grid td[data-run='{data.failed_id}']")
+    assert cell.get_attribute("data-status") == "failed"
+    assert f"at step {run['step']}: RuntimeError" in cell.inner_text()
+    assert why in (cell.get_attribute("title") or "")
+    assert tab.locator("#runs tbody tr[data-run]").count() == 2
+    failures = tab.locator("#runs tbody tr.failure")
+    assert failures.count() == 1  # the completed run has none
+    assert failures.get_attribute("data-failure-of") == str(data.failed_id)
+    assert failures.inner_text().strip() == why
+    page.screenshot("experiment-failed")
     page.assert_clean()

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +98,23 @@ def running_server(log: Path) -> Iterator[Server]:
             proc.kill()
             proc.wait()
         clear_broker()
+
+
+FAILURE = "FloatingPointError: the loss exploded (simulated)"
+
+
+def failing_train(fail_at: int) -> Callable[..., Any]:
+    """worker.runner.train that raises FloatingPointError once `fail_at` steps are done, as a step that
+    crashes would: monkeypatch it in (`monkeypatch.setattr(worker.runner, "train", failing_train(20))`)."""
+    from eos_core import train
+
+    def crashing(spec: Any, sink: Any = None, progress: Any = None) -> Any:
+        def step_done(step: int, steps: int) -> None:
+            if progress is not None:
+                progress(step, steps)
+            if step >= fail_at:
+                raise FloatingPointError("the loss exploded (simulated)")
+
+        return train(spec, sink=sink, progress=step_done)
+
+    return crashing

@@ -90,3 +90,24 @@ def test_cli_against_the_server(remote: Remote) -> None:
     assert gone.exit_code == 5 and "cannot reach" in gone.stderr
     missing = runner.invoke(app, ["runs", "999999", "--url", url, "--token", token])
     assert missing.exit_code == 3
+
+
+def test_a_failed_run_is_explained_over_http(remote: Remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.runner
+
+    from .support import FAILURE, failing_train
+
+    monkeypatch.setattr(worker.runner, "train", failing_train(20))
+    with remote.client() as client:
+        experiment = client.submit(tiny_spec(), name="fails on the worker")
+        (run_id,) = experiment.run_ids
+        assert execute_run(run_id, remote.sessions) == "failed"
+        run = client.run(run_id)
+        frame = client.runs(experiment)
+    assert run.error == FAILURE and 20 <= run.step < 60
+    assert run.failure == f"failed at step {run.step} of 60: {FAILURE}"
+    assert list(frame["error"]) == [FAILURE] and list(frame["step"]) == [run.step]
+    env = {"EOS_URL": remote.server.url, "EOS_TOKEN": remote.tokens["alice"]}
+    shown = CliRunner().invoke(app, ["runs", str(experiment.id)], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert f"run {run_id} failed at step {run.step} of 60: {FAILURE}" in " ".join(shown.stdout.split())

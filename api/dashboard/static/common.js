@@ -83,6 +83,7 @@ export function clear(node, ...children) {
 export function fmt(value, digits = 4) {
   if (value === null || value === undefined || (typeof value === "number" && Number.isNaN(value))) return "—";
   if (typeof value === "boolean") return value ? "yes" : "no";
+  if (typeof value === "object") return JSON.stringify(value); // a swept sub-object: {"lr":1}
   if (typeof value !== "number") return String(value);
   if (!Number.isFinite(value)) return value > 0 ? "∞" : "−∞";
   if (Number.isInteger(value) && Math.abs(value) < 1e7) return String(value);
@@ -111,6 +112,31 @@ export function fmtDuration(startIso, endIso) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+/**
+ * Why a finished run did not complete, as the CLI and the Python client say it: "failed at step 12 of
+ * 200: ValueError: …" (the error's type and message, and the step reached) or "diverged at step N";
+ * null for a run that completed or has not finished.
+ */
+export function failureText(run) {
+  const finished = !ACTIVE.has(run.status);
+  if (run.status === "failed" || (run.error && finished)) {
+    const where = run.steps ? `at step ${run.step} of ${run.steps}` : `at step ${run.step}`;
+    return `${run.status} ${where}: ${run.error || "no error recorded"}`;
+  }
+  if (run.status === "diverged") {
+    const at = run.summary && run.summary.diverged_step != null ? run.summary.diverged_step : run.step;
+    return `diverged at step ${at} (the iterate or its loss is no longer finite)`;
+  }
+  return null;
+}
+
+/** The error's type without its module: "eos_core.data.files.DatasetFilesMissing: …" -> "DatasetFilesMissing". */
+export function errorType(error) {
+  if (!error) return "";
+  const head = error.split(":")[0].trim();
+  return /^[\w.]+$/.test(head) ? head.split(".").pop() : "error";
+}
+
 export function statusBadge(status) {
   return h("span", { class: `status s-${status}`, text: status, data: { status } });
 }
@@ -131,8 +157,18 @@ export function shortName(path) {
   return SHORT[path] || path.split(".").pop();
 }
 
+/** Swept params with a swept sub-object's keys as dotted paths: {optimizer: {lr: 1}} -> {"optimizer.lr": 1}. */
+export function flatParams(params, prefix = "") {
+  const out = {};
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) Object.assign(out, flatParams(value, `${prefix}${key}.`));
+    else out[`${prefix}${key}`] = value;
+  }
+  return out;
+}
+
 export function paramsText(params) {
-  const parts = Object.entries(params || {}).map(([k, v]) => `${shortName(k)}=${fmt(v)}`);
+  const parts = Object.entries(flatParams(params)).map(([k, v]) => `${shortName(k)}=${fmt(v)}`);
   return parts.join(" · ");
 }
 

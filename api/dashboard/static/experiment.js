@@ -1,6 +1,6 @@
 // `/experiments/{id}`: the sweep as a grid of run statuses, a heatmap of one summary field over
 // two swept parameters (step size × batch size by default), and the runs with a compare action.
-import { ACTIVE, api, boot, clear, fmt, fmtTime, h, interval, keepFresh, paramsText, progressBar, shortName, STATUSES, statusBadge, tags } from "./common.js";
+import { ACTIVE, api, boot, clear, errorType, failureText, fmt, fmtTime, h, interval, keepFresh, paramsText, progressBar, shortName, STATUSES, statusBadge, tags } from "./common.js";
 
 // Summary fields offered first in the heatmap, in this order; any other numeric field follows.
 const PREFERRED = [
@@ -216,10 +216,13 @@ function drawStatusGrid(box, e, state) {
     const active = ACTIVE.has(run.status);
     const detail = active
       ? h("div", {}, progressBar(run.progress), h("span", { class: "small muted", text: ` ${run.step}/${run.steps}` }))
-      : h("div", { class: "small muted", text: run.summary ? `loss ${fmt(run.summary.final_loss, 3)}` : run.error ? "error" : "" });
+      : run.error
+        ? h("div", { class: "small failure", text: `at step ${run.step}: ${errorType(run.error)}` })
+        : h("div", { class: "small muted", text: run.summary ? `loss ${fmt(run.summary.final_loss, 3)}` : "" });
+    const why = failureText(run);
     return h(
       "td",
-      { class: `cell s-${run.status}`, data: { run: run.id, status: run.status }, title: run.name },
+      { class: `cell s-${run.status}`, data: { run: run.id, status: run.status }, title: why ? `${run.name}: ${why}` : run.name },
       h("div", {}, h("a", { href: `/runs/${run.id}`, text: `#${run.id}` }), " ", statusBadge(run.status)),
       detail,
     );
@@ -301,7 +304,7 @@ function drawRuns(box, e, state) {
     compare.textContent = state.selected.size ? `Compare ${state.selected.size} selected →` : `Compare all ${ids.length} →`;
   };
   const columns = ["", "Run", "Cell", "Status", "Progress", "Final loss", "Rate slope", "Entrance", "Exits / 1,000 steps in S", "In S after entrance", "κ_B (η·L)"];
-  const rows = e.runs.map((r) => {
+  const rows = e.runs.flatMap((r) => {
     const s = r.summary || {};
     const box_ = h("input", {
       type: "checkbox",
@@ -314,9 +317,10 @@ function drawRuns(box, e, state) {
         },
       },
     });
-    return h(
+    const why = failureText(r);
+    const row = h(
       "tr",
-      { data: { run: r.id } },
+      { data: { run: r.id }, class: why ? "has-failure" : null },
       h("td", {}, box_),
       h("td", {}, h("a", { href: `/runs/${r.id}`, text: `#${r.id}` })),
       h("td", { text: paramsText(r.params) || r.name }),
@@ -329,6 +333,11 @@ function drawRuns(box, e, state) {
       h("td", { class: "num", text: fmt(s.fraction_in_S_after_entrance, 3) }),
       h("td", { class: "num", text: s.kappa_B == null ? "—" : `${s.kappa_B_bound === "upper" ? "≤ " : "≥ "}${fmt(s.kappa_B, 3)}` }),
     );
+    // A failed or diverged run says why on a row of its own beneath: the step reached, the error's type and message.
+    const failure = why
+      ? h("tr", { class: "failure", data: { failureOf: r.id } }, h("td", {}), h("td", { colspan: columns.length - 1 }, h("span", { class: "failure-text", text: why })))
+      : null;
+    return failure ? [row, failure] : [row];
   });
   updateCompare();
   clear(

@@ -2,7 +2,7 @@
 // its standard-error band and the steps judged inside the stable set S shaded; sharpness and batch
 // sharpness against 2/η; η·L against the stability constant; the events. Traces come downsampled
 // (each point a bucket's mean, with its min and max) so a long run draws fast and keeps its spikes.
-import { ACTIVE, api, ApiError, boot, clear, effectiveLr, fmt, fmtDuration, fmtTime, h, interval, keepFresh, paramsText, progressBar, statusBadge, token } from "./common.js";
+import { ACTIVE, api, ApiError, boot, clear, effectiveLr, failureText, fmt, fmtDuration, fmtTime, h, interval, keepFresh, paramsText, progressBar, statusBadge, token } from "./common.js";
 import { EVENT_COLORS } from "./plots.js";
 import { drawPlots, rebuild, state } from "./run_plots.js";
 
@@ -110,7 +110,20 @@ function drawHeader(box, run) {
       h("span", { text: t.finished_at ? `took ${fmtDuration(t.started_at, t.finished_at)}` : active ? "updating live" : "" }),
       h("span", { text: `attempts ${run.attempts}${run.worker ? ` · ${run.worker}` : ""}` }),
     ),
-    run.error ? h("pre", { class: "notice error", text: run.error }) : null,
+    failureNotice(run),
+  );
+}
+
+/** A failed or diverged run says why at the top: the step it reached, the error's type and message. */
+function failureNotice(run) {
+  const why = failureText(run);
+  if (!why) return null;
+  const where = why.split(": ")[0];
+  return h(
+    "div",
+    { class: "notice error failure", id: "failure", role: "status" },
+    h("strong", { text: where.charAt(0).toUpperCase() + where.slice(1) }),
+    run.error ? h("pre", { text: run.error }) : null,
   );
 }
 
