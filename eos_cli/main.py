@@ -230,8 +230,10 @@ def worker(
     Logs (stderr) its settings at start, then each run it starts and how it ended."""
     if queue not in ("gpu", "cpu"):
         _fail("--queue must be gpu or cpu")
-    from store.db import database_url, make_engine, verify_schema
+    from store.db import database_url, make_engine, session_factory, verify_schema
     from worker.celery_app import app as celery_app
+    from worker.presence import Presence
+    from worker.runner import worker_name
     from worker.settings import WorkerSettings
 
     log = _configure_logging()
@@ -247,7 +249,8 @@ def worker(
         settings.stale_seconds,
         f", reaper (beat) every {settings.reap_every:g} s" if beat else "",
     )
-    verify_schema(make_engine(url))
+    engine = make_engine(url)
+    verify_schema(engine)
     _log_run_tasks(log)
     argv = [
         "worker",
@@ -262,7 +265,14 @@ def worker(
         argv.append(f"--hostname={name}")
     if beat:
         argv.append("--beat")
-    celery_app.worker_main(argv)
+    # The store knows this worker is alive and serves `queue` (store/workers.py): runs of device
+    # auto are routed to a served queue, and a queue nobody serves is shown as such.
+    presence = Presence(session_factory(engine), name or f"{queue}@{worker_name()}", queue, settings.presence_seconds)
+    presence.start()
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        presence.stop()
 
 
 @app.command()

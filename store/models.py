@@ -117,6 +117,18 @@ class Run(Base):
     __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
 
 
+class Worker(Base):
+    """A live `eos worker`: the queue it serves and when it last said so (store/workers.py)."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 class Event(Base):
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -23,6 +23,7 @@ from eos_core.spec import RunSpec
 from eos_core.summary import RunSummary
 from eos_core.sweep import Sweep, expand_sweep, spec_hash
 
+from . import workers
 from .errors import Conflict, NotFound, QuotaExceeded
 from .lifecycle import ACTIVE, RunStatus
 from .models import ApiToken, Event, Experiment, Run, User, utcnow
@@ -81,11 +82,6 @@ def local_user(*, session: Session) -> User:
 # --- experiments and runs ---------------------------------------------------------------
 
 
-def queue_for(spec: RunSpec) -> str:
-    """Runs route to the gpu queue by their device (auto prefers a GPU worker)."""
-    return "cpu" if spec.device == "cpu" else "gpu"
-
-
 def queued_runs(*, session: Session, user: User) -> int:
     stmt = (
         select(func.count(Run.id))
@@ -127,6 +123,7 @@ def create_experiment(
     )
     session.add(experiment)
     session.flush()
+    served = workers.served_queues(session=session)
     for params, cell in cells:
         session.add(
             Run(
@@ -134,7 +131,7 @@ def create_experiment(
                 spec=cell.model_dump(mode="json"),
                 spec_hash=spec_hash(cell),
                 params=params,
-                queue=queue_for(cell),
+                queue=workers.route(cell, served),
                 steps=cell.optimizer.steps,
             )
         )

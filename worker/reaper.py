@@ -2,7 +2,9 @@
 
 A running run whose heartbeat went stale (its worker died) and a queued run whose broker
 message vanished (a Redis restart, a purge, a send that failed) are requeued and sent again,
-up to a retry limit; the lifecycle records each move as an event. The loop outlives outages
+up to a retry limit; a queued run of `device: auto` waiting on a queue that no live worker
+serves is moved to one that is served (store/workers.py); the lifecycle records each move
+as an event. The loop outlives outages
 of Redis and PostgreSQL: a pass that fails is logged and tried again with backoff, since
 this is the process that recovers everything else.
 """
@@ -15,9 +17,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import lifecycle
+from eos_core.spec import RunSpec
+from store import lifecycle, workers
 from store.lifecycle import RunStatus
 from store.models import Run
 
@@ -101,6 +105,13 @@ def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str,
             lifecycle.requeue(session=session, run=run, reason=reason)
             requeue.append(run.id)
             actions.append(f"run {run.id} requeued ({reason}, {run.attempts} attempt(s) so far)")
+        for run, target in _stranded(session):
+            reason = f"rerouted to {target}: no live worker serves {run.queue}"
+            run.queue = target
+            lifecycle.requeue(session=session, run=run, reason=reason)
+            if run.id not in requeue:
+                requeue.append(run.id)
+            actions.append(f"run {run.id} {reason}")
     for action in actions:  # committed: now they happened
         log.warning("reaper: %s", action)
     if requeue:
@@ -130,6 +141,24 @@ def reap_forever(
         backoff = 1.0
         report(outcome)
         stop.wait(settings.reap_every)
+
+
+def _stranded(session: Session) -> list[tuple[Run, str]]:
+    """Queued runs of `device: auto` waiting on a queue no live worker serves, while another
+    queue is served: with the queue each should move to."""
+    served = workers.served_queues(session=session)
+    if not served:
+        return []  # no worker at all: nothing to move to
+    waiting = session.scalars(
+        select(Run)
+        .where(Run.status == RunStatus.QUEUED, Run.queue.not_in(tuple(served)))
+        .with_for_update(skip_locked=True)
+    )
+    moves = []
+    for run in waiting:
+        if run.spec.get("device", "auto") == "auto":
+            moves.append((run, workers.route(RunSpec.model_validate(run.spec), served)))
+    return [(run, target) for run, target in moves if target != run.queue]
 
 
 def _out_of_attempts(run: Run, max_attempts: int) -> bool:

@@ -35,4 +35,7 @@ class WorkerSettings(BaseSettings):
     database_wait: float = Field(
         300.0, description="seconds a worker waits out an unreachable database (retrying) before giving the run up"
     )
+    presence_seconds: float = Field(
+        10.0, description="seconds between a worker's presence beats (store/workers.py: which queues are served)"
+    )
     flush_rows: int = Field(4096, description="trace rows buffered per run before a write")
