@@ -40,7 +40,9 @@ def engine() -> Iterator[Engine]:
 def sessions(engine: Engine) -> Iterator[sessionmaker[Session]]:
     with engine.begin() as conn:
         conn.execute(
-            text("TRUNCATE users, api_tokens, experiments, runs, events, trace_chunks, workers RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE users, api_tokens, experiments, runs, events, trace_chunks, workers RESTART IDENTITY CASCADE"
+            )
         )
     clear_broker()
     yield session_factory(engine)
