@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,7 +100,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
         docs_url="/docs",
-        openapi_url=f"{PREFIX}/openapi.json",
+        openapi_url=f"{PREFIX}/openapi.json",  # and /openapi.json (below)
         responses={503: UNAVAILABLE},
     )
     app.state.settings = settings
@@ -118,4 +119,10 @@ def create_app(
     for module in (experiments, runs, traces, health):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(dashboard.router)  # the HTML pages at /, calling the API above
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_at_root() -> JSONResponse:
+        """The OpenAPI document where tools look first; also at /api/v1/openapi.json."""
+        return JSONResponse(app.openapi())
+
     return app

@@ -23,7 +23,9 @@ from .settings import ApiSettings
 
 Enqueue = Callable[[Sequence[int]], None]
 
-bearer = HTTPBearer(auto_error=False, description="an API token (`eos token` prints one)")
+bearer = HTTPBearer(
+    auto_error=False, description="an API token: `eos users create NAME` creates a user and prints its token, once"
+)
 
 
 async def get_settings(request: Request) -> ApiSettings:

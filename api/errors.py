@@ -4,6 +4,11 @@ Field errors follow FastAPI's own 422 shape, `{"detail": [{"type", "loc", "msg"}
 so a client handles a bad spec and a malformed body the same way. The rest are
 `{"detail": "<message>"}` with the status that says what to do next.
 
+A body that cannot be parsed as JSON (not UTF-8, nested too deeply) is a 422 like malformed
+JSON, never FastAPI's undocumented 400. A 405 names in `Allow` every method the path serves
+(Starlette names those of the first route that matched the path only). Error responses quote
+the input they refuse, so lone surrogates in it are escaped (`api.inputs.printable`).
+
 A database that cannot be reached (a refused or dropped connection, an exhausted pool) is a
 503 with `Retry-After`, on every route; any other unexpected failure is a JSON 500.
 """
@@ -15,16 +20,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from eos_core.sweep import SweepError
 from eos_core.trace import METRICS
 from store.queries import Conflict, IdempotencyKeyReused, NotFound, QuotaExceeded
 from store.traces import UnknownMetric
+
+from .inputs import printable
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,48 @@ async def _idempotency_key_reused(_request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, with the quoted input made encodable (a lone surrogate would make the response a 500)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = printable(jsonable_encoder(exc.errors()))
+    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+# The methods a 405 looks for; a route serves at most these.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path: the router is asked, one method at a time."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = ", ".join(allowed_methods(request)) or (exc.headers or {}).get("Allow", "")
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers={"Allow": allowed})
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.__cause__ is not None:
+        # FastAPI's "There was an error parsing the body": the bytes are not UTF-8, or the JSON is
+        # nested too deeply for the parser. Malformed JSON is a 422 (json_invalid); so is this.
+        cause = exc.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            reason = f"the body is not UTF-8: {cause.reason} (byte {cause.start})"
+        elif isinstance(cause, RecursionError):
+            reason = "the body's JSON is nested too deeply"
+        else:
+            reason = f"the body cannot be parsed as JSON: {type(cause).__name__}"
+        error = _field_error("json_invalid", ["body"], reason)
+        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return await http_exception_handler(request, exc)
+
+
 def _detail(code: int, headers: Mapping[str, str] | None = None) -> Any:
     async def handler(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
@@ -132,6 +185,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def install(app: FastAPI, retry_after: int) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(NotFound, _detail(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(Conflict, _detail(status.HTTP_409_CONFLICT))
     app.add_exception_handler(IdempotencyKeyReused, _idempotency_key_reused)

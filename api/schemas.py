@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from eos_core.spec import ACTIVATIONS, RunSpec
 from eos_core.summary import RunSummary
 from store.lifecycle import RunStatus as Lifecycle
+
+from .inputs import NO_NUL, Text
 
 RunStatus = Literal["queued", "running", "completed", "diverged", "failed", "cancelled"]
 assert get_args(RunStatus) == tuple(Lifecycle), "RunStatus must list store.lifecycle.RunStatus"
@@ -16,6 +19,71 @@ assert get_args(RunStatus) == tuple(Lifecycle), "RunStatus must list store.lifec
 Responses = dict[int | str, dict[str, Any]]  # extra OpenAPI responses of a route
 
 # --- requests -------------------------------------------------------------------------------
+
+MAX_NAME_LENGTH = 200  # experiments.name is a String(200)
+MAX_TAG_LENGTH = 200
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` written in place of each `$ref` to them (no recursive models)."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**resolve(defs[ref.removeprefix("#/$defs/")]), **resolve(rest)}
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def _no_nul(node: Any) -> Any:
+    """Every free-text string of a JSON schema states that it may not hold NUL characters."""
+    if isinstance(node, dict):
+        node = {k: _no_nul(v) for k, v in node.items()}
+        if node.get("type") == "string" and not {"enum", "const", "pattern"} & node.keys():
+            node["pattern"] = NO_NUL
+        return node
+    if isinstance(node, list):
+        return [_no_nul(item) for item in node]
+    return node
+
+
+def _spec_schema() -> dict[str, Any]:
+    schema = _no_nul(inline_refs(RunSpec.model_json_schema()))
+    # What RunSpec's validators check and its JSON schema does not say.
+    model = schema["properties"]["model"]["properties"]
+    model["activation"].pop("pattern", None)
+    model["activation"]["enum"] = list(ACTIVATIONS)
+    model["leak"].update(exclusiveMinimum=0, maximum=1)
+    schema["properties"]["optimizer"]["properties"]["lr"]["exclusiveMinimum"] = 0
+    for option in schema["properties"]["instrument"]["properties"]["drift_samples"]["anyOf"]:
+        if option.get("type") == "integer":
+            option["minimum"] = 0
+    return schema
+
+
+# The spec is validated by the store (with the sweep's values, so that an error names the sweep when
+# the value came from there); the OpenAPI document still describes every field, type and bound.
+SPEC_SCHEMA = {
+    **_spec_schema(),
+    "title": "RunSpec",
+    "description": "a RunSpec as JSON (eos_core/spec.py); omitted fields take their defaults. Text may not hold "
+    "NUL characters or lone surrogates, numbers must be finite.",
+}
+SWEEP_SCHEMA = {
+    "anyOf": [
+        {"type": "object", "additionalProperties": {"type": "array", "minItems": 1, "items": {}}},
+        {"type": "null"},
+    ],
+    "description": "dotted spec path -> values; the experiment gets one run per grid cell",
+}
 
 
 class ExperimentCreate(BaseModel):
@@ -35,12 +103,17 @@ class ExperimentCreate(BaseModel):
         },
     )
 
-    spec: dict[str, Any] = Field(description="a RunSpec as JSON; omitted fields take their defaults")
-    sweep: dict[str, list[Any]] | None = Field(
-        None, description="dotted spec path -> values; the experiment gets one run per grid cell"
+    spec: Annotated[dict[str, Any], WithJsonSchema(SPEC_SCHEMA)]
+    sweep: Annotated[dict[str, list[Any]] | None, WithJsonSchema(SWEEP_SCHEMA)] = None
+    name: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description=f"defaults to spec.name (which must then be at most {MAX_NAME_LENGTH} characters)",
     )
-    name: str | None = Field(None, min_length=1, max_length=200, description="defaults to spec.name")
-    tags: list[str] = Field(default_factory=list, max_length=50, description="free labels, filterable")
+    tags: list[Annotated[Text, Field(max_length=MAX_TAG_LENGTH)]] = Field(
+        default_factory=list, max_length=50, description="free labels, filterable"
+    )
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,6 +23,10 @@ ACTIVATIONS = tuple(f"leaky_{b}" for b in LEAKY_BASES) + PLAIN_ACTIVATIONS
 
 # "exact" drift enumerates every distinct batch; beyond this many it is refused.
 MAX_EXACT_BATCHES = 4096
+# Bounds on every integer: the store keeps steps (and the step reached) as 32-bit integers, and
+# a seed must suit every generator it feeds (numpy's legacy seed, used by mnist1d, is 32-bit).
+MAX_INT = 2**31 - 1
+MAX_SEED = 2**32 - 1
 
 
 class _Strict(BaseModel):
@@ -31,16 +35,20 @@ class _Strict(BaseModel):
 
 class DatasetSpec(_Strict):
     kind: DatasetKind = "gaussian_mixture"
-    classes: int = Field(5, ge=2, description="gaussian_mixture: number of classes")
-    per_class: int = Field(100, ge=1, description="gaussian_mixture: points per class")
-    dim: int = Field(20, ge=1, description="gaussian_mixture: input dimension")
+    classes: int = Field(5, ge=2, le=MAX_INT, description="gaussian_mixture: number of classes")
+    per_class: int = Field(100, ge=1, le=MAX_INT, description="gaussian_mixture: points per class")
+    dim: int = Field(20, ge=1, le=MAX_INT, description="gaussian_mixture: input dimension")
     separation: float = Field(3.0, gt=0, description="gaussian_mixture: scale of the random class means")
     noise: float = Field(1.0, ge=0, description="gaussian_mixture: sigma of each class")
-    n_train: int | None = Field(None, ge=1, description="use a random subset of this many training points")
-    n_test: int | None = Field(None, ge=0, description="use a random subset of this many test points")
-    class_subset: list[int] | None = Field(None, description="keep only these classes, relabelled 0..k-1")
+    n_train: int | None = Field(None, ge=1, le=MAX_INT, description="use a random subset of this many training points")
+    n_test: int | None = Field(None, ge=0, le=MAX_INT, description="use a random subset of this many test points")
+    class_subset: list[Annotated[int, Field(le=MAX_INT)]] | None = Field(
+        None, description="keep only these classes, relabelled 0..k-1"
+    )
     test_fraction: float = Field(0.2, ge=0, lt=1, description="held out when the dataset has no test split")
-    data_seed: int | None = Field(None, description="seed of the data draw; null uses the run's seed")
+    data_seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seed of the data draw (0 to 2^32 - 1); null uses the run's seed"
+    )
 
     @field_validator("class_subset")
     @classmethod
@@ -57,8 +65,8 @@ class DatasetSpec(_Strict):
 
 class ModelSpec(_Strict):
     kind: ModelKind = "linear"
-    width: int = Field(256, ge=1, description="two_layer: hidden units m per class; mlp: hidden width")
-    depth: int = Field(8, ge=1, description="mlp: number of linear layers")
+    width: int = Field(256, ge=1, le=MAX_INT, description="two_layer: hidden units m per class; mlp: hidden width")
+    depth: int = Field(8, ge=1, le=MAX_INT, description="mlp: number of linear layers")
     activation: str = Field("leaky_softplus", description="activation of two_layer and mlp")
     leak: float = Field(0.5, description="c in phi(z) = c z + (1 - c) psi(z), in (0, 1]")
     huber_width: float = Field(1.0, gt=0, description="h of the huberized ReLU")
@@ -81,8 +89,8 @@ class ModelSpec(_Strict):
 
 class OptimizerSpec(_Strict):
     lr: float = Field(10.0, description="step size eta (before width rescaling)")
-    batch_size: int = Field(16, ge=1, description="B")
-    steps: int = Field(5000, ge=0, description="number of SGD updates")
+    batch_size: int = Field(16, ge=1, le=MAX_INT, description="B")
+    steps: int = Field(5000, ge=0, le=MAX_INT, description="number of SGD updates")
     sampler: Sampler = "with_replacement"
     lr_scaling: Literal["auto", "none"] = Field(
         "auto", description="auto: eta_eff = eta * width for two_layer (the paper's scaling)"
@@ -97,18 +105,22 @@ class OptimizerSpec(_Strict):
 
 
 class InstrumentSpec(_Strict):
-    every: int = Field(1, ge=1, description="cadence of the per-step metrics")
-    drift_samples: int | Literal["exact"] = Field(32, description='K batches at least; 0 disables; "exact"')
-    drift_every: int = Field(1, ge=1, description="cadence of the drift, in steps (on recorded steps)")
-    drift_max_samples: int = Field(256, ge=1, description="draw up to this many until the sign is clear")
+    every: int = Field(1, ge=1, le=MAX_INT, description="cadence of the per-step metrics")
+    drift_samples: Annotated[int, Field(le=MAX_INT)] | Literal["exact"] = Field(
+        32, description='K batches at least; 0 disables; "exact"'
+    )
+    drift_every: int = Field(1, ge=1, le=MAX_INT, description="cadence of the drift, in steps (on recorded steps)")
+    drift_max_samples: int = Field(256, ge=1, le=MAX_INT, description="draw up to this many until the sign is clear")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="for the stable/unstable decision")
-    sharpness_every: int = Field(10, ge=0, description="0 disables sharpness and batch sharpness")
-    batch_sharpness_samples: int = Field(8, ge=1)
+    sharpness_every: int = Field(10, ge=0, le=MAX_INT, description="0 disables sharpness and batch sharpness")
+    batch_sharpness_samples: int = Field(8, ge=1, le=MAX_INT)
     sharpness_tol: float = Field(1e-4, gt=0, description="relative residual at which the eigensolver stops")
-    sharpness_max_iter: int = Field(100, ge=2, description="Lanczos steps per call at most")
-    eval_subset: int | None = Field(None, ge=1, description="fixed evaluation subset; null: whole training set")
-    test_every: int = Field(100, ge=0, description="0 disables the test metrics")
-    chunk_rows: int = Field(256, ge=1, description="rows per chunk handed to the sink")
+    sharpness_max_iter: int = Field(100, ge=2, le=MAX_INT, description="Lanczos steps per call at most")
+    eval_subset: int | None = Field(
+        None, ge=1, le=MAX_INT, description="fixed evaluation subset; null: whole training set"
+    )
+    test_every: int = Field(100, ge=0, le=MAX_INT, description="0 disables the test metrics")
+    chunk_rows: int = Field(256, ge=1, le=MAX_INT, description="rows per chunk handed to the sink")
 
     @field_validator("drift_samples")
     @classmethod
@@ -120,7 +132,7 @@ class InstrumentSpec(_Strict):
 
 class RunSpec(_Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="0 to 2^32 - 1")
     dtype: Literal["float32", "float64"] = "float32"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)

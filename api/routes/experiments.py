@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from eos_core.sweep import SweepError
@@ -14,7 +15,9 @@ from store.models import Experiment, User
 from ..broker import BrokerCheck
 from ..deps import CurrentUser, EnqueueDep, SessionDep, SettingsDep, require_owner
 from ..errors import IDEMPOTENCY_HEADER, spec_errors, sweep_error, unavailable
+from ..inputs import ExperimentId, Offset, Text, json_errors
 from ..schemas import (
+    MAX_NAME_LENGTH,
     ExperimentCreate,
     ExperimentPublic,
     ExperimentsPublic,
@@ -34,7 +37,7 @@ MAX_KEY_LENGTH = 200  # experiments.idempotency_key is a String(200)
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 IdempotencyKey = Annotated[
-    str | None,
+    Text | None,
     Header(
         alias=IDEMPOTENCY_HEADER,
         min_length=1,
@@ -83,6 +86,20 @@ def _create(
         raise spec_errors(exc, body.sweep) from exc
     except SweepError as exc:
         raise sweep_error(exc, body.sweep) from exc
+
+
+def storable(body: ExperimentCreate) -> None:
+    """422 for a spec or sweep the database cannot store (api/inputs.py), or a default name too long for it."""
+    errors = json_errors(body.spec, ["body", "spec"]) + json_errors(body.sweep, ["body", "sweep"])
+    default_name = body.spec.get("name")
+    if body.name is None and isinstance(default_name, str) and len(default_name) > MAX_NAME_LENGTH:
+        message = (
+            f"the experiment's name defaults to spec.name, which has {len(default_name)} characters; "
+            f"the limit is {MAX_NAME_LENGTH}: give a shorter `name`"
+        )
+        errors.append({"type": "string_too_long", "loc": ["body", "spec", "name"], "msg": message})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def _replayed(session: SessionDep, experiment: Experiment, response: Response) -> ExperimentPublic:
@@ -147,6 +164,7 @@ def create_experiment(
     broker is unreachable nothing is created (503). With an `Idempotency-Key`, a retried request returns
     the experiment the first one created (200) instead of creating another.
     """
+    storable(body)
     if idempotency_key is not None:
         found = queries.experiment_for_key(
             session=session,
@@ -172,12 +190,12 @@ def create_experiment(
 def list_experiments(
     session: SessionDep,
     _user: CurrentUser,
-    owner: Annotated[str | None, Query(description="owner's user name")] = None,
+    owner: Annotated[Text | None, Query(description="owner's user name")] = None,
     status: Annotated[RunStatus | None, Query(description="has at least one run in this status")] = None,
-    tag: Annotated[str | None, Query(description="carries this tag")] = None,
-    name: Annotated[str | None, Query(description="name contains this")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    tag: Annotated[Text | None, Query(description="carries this tag")] = None,
+    name: Annotated[Text | None, Query(description="name contains this")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="experiments per page (1 to 500)")] = 50,
+    offset: Offset = 0,
 ) -> ExperimentsPublic:
     """Experiments, newest first; any authenticated user may read all of them."""
     items, total = queries.list_experiments(
@@ -189,7 +207,7 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", responses=ERRORS)
-def get_experiment(experiment_id: int, session: SessionDep, _user: CurrentUser) -> ExperimentPublic:
+def get_experiment(experiment_id: ExperimentId, session: SessionDep, _user: CurrentUser) -> ExperimentPublic:
     """One experiment with its runs."""
     experiment = queries.get_experiment(session=session, experiment_id=experiment_id)
     runs = queries.list_runs(session=session, experiment_id=experiment.id)
@@ -197,7 +215,7 @@ def get_experiment(experiment_id: int, session: SessionDep, _user: CurrentUser) 
 
 
 @router.get("/{experiment_id}/kappa", responses=ERRORS)
-def get_kappa(experiment_id: int, session: SessionDep, _user: CurrentUser) -> KappasPublic:
+def get_kappa(experiment_id: ExperimentId, session: SessionDep, _user: CurrentUser) -> KappasPublic:
     """κ_B per batch size, pooled over the experiment's analysed runs from their stored traces."""
     experiment = queries.get_experiment(session=session, experiment_id=experiment_id)
     items = queries.kappa_by_batch_size(session=session, experiment_id=experiment.id)
@@ -209,7 +227,7 @@ def get_kappa(experiment_id: int, session: SessionDep, _user: CurrentUser) -> Ka
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**ERRORS, 403: {"model": Message}, 409: {"model": Message, "description": "has running runs"}},
 )
-def delete_experiment(experiment_id: int, session: SessionDep, user: CurrentUser) -> None:
+def delete_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser) -> None:
     """Delete an experiment, its runs, events and traces (owner or admin). Running runs must be cancelled first."""
     experiment = queries.get_experiment(session=session, experiment_id=experiment_id, with_runs=True)
     require_owner(user, experiment.owner_id, f"experiment {experiment_id}")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, status
 from store import lifecycle, queries
 
 from ..deps import CurrentUser, SessionDep, require_owner
+from ..inputs import ExperimentIdQuery, RunId
 from ..schemas import EventsPublic, Message, Responses, RunPublic, RunsPublic, RunStatus
 from ..views import event_public, run_public
 
@@ -21,7 +22,7 @@ ERRORS: Responses = {401: {"model": Message}, 404: {"model": Message}}
 def list_runs(
     session: SessionDep,
     _user: CurrentUser,
-    experiment_id: Annotated[int, Query(description="the experiment whose runs to list")],
+    experiment_id: ExperimentIdQuery,
     status: Annotated[list[RunStatus] | None, Query(description="only runs in these statuses")] = None,
 ) -> RunsPublic:
     """The runs of one experiment, in creation order."""
@@ -31,13 +32,13 @@ def list_runs(
 
 
 @router.get("/{run_id}", responses=ERRORS)
-def get_run(run_id: int, session: SessionDep, _user: CurrentUser) -> RunPublic:
+def get_run(run_id: RunId, session: SessionDep, _user: CurrentUser) -> RunPublic:
     """One run: status, progress, timings, and once finished its summary (or error)."""
     return run_public(queries.get_run(session=session, run_id=run_id))
 
 
 @router.get("/{run_id}/events", responses=ERRORS)
-def list_events(run_id: int, session: SessionDep, _user: CurrentUser) -> EventsPublic:
+def list_events(run_id: RunId, session: SessionDep, _user: CurrentUser) -> EventsPublic:
     """The run's events in order: attempts, cancellation, regime changes (entrance, exit, return), divergence."""
     queries.get_run(session=session, run_id=run_id)
     events = queries.list_events(session=session, run_id=run_id)
@@ -48,7 +49,7 @@ def list_events(run_id: int, session: SessionDep, _user: CurrentUser) -> EventsP
     "/{run_id}/cancel",
     responses={**ERRORS, 403: {"model": Message}, 409: {"model": Message, "description": "already finished"}},
 )
-def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunPublic:
+def cancel_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> RunPublic:
     """Cancel a run (owner or admin): a queued run at once, a running one at its next trace flush."""
     run = queries.get_run(session=session, run_id=run_id, for_update=True)
     require_owner(user, queries.run_owner(session=session, run=run).id, f"run {run_id}")
@@ -61,7 +62,7 @@ def cancel_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunPublic
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**ERRORS, 403: {"model": Message}, 409: {"model": Message, "description": "still running"}},
 )
-def delete_run(run_id: int, session: SessionDep, user: CurrentUser) -> None:
+def delete_run(run_id: RunId, session: SessionDep, user: CurrentUser) -> None:
     """Delete a run with its events and trace (owner or admin). A running run must be cancelled first: 409."""
     run = queries.get_run(session=session, run_id=run_id, for_update=True)
     require_owner(user, queries.run_owner(session=session, run=run).id, f"run {run_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from store.traces import UnknownMetric, read_trace, trace_row_count
 
 from ..alignment import common_grid, on_grid
 from ..deps import CurrentUser, SessionDep, SessionsDep
+from ..inputs import MAX_ID, MAX_STEP, RunId, integer_pattern
 from ..schemas import ComparePublic, CompareSeries, Message, Responses, TracePublic
 from ..streaming import csv_stream, parquet_stream
 from ..views import compare_run, json_column, json_columns
@@ -26,10 +28,22 @@ router = APIRouter(tags=["traces"])
 ERRORS: Responses = {401: {"model": Message}, 404: {"model": Message}}
 MAX_COMPARE_RUNS = 50
 
+_METRIC = " *(?:" + "|".join(re.escape(name) for name in METRICS) + ") *"
+METRICS_PATTERN = f"^{_METRIC}(?:,{_METRIC})*$"
+_RUN = f" *{integer_pattern(MAX_ID)} *"
+RUNS_PATTERN = f"^{_RUN}(?:,{_RUN}){{0,{MAX_COMPARE_RUNS - 1}}}$"
+
 MetricsQuery = Annotated[
-    str | None, Query(description="comma-separated metric names (all when omitted)", examples=["loss,drift"])
+    str | None,
+    Query(
+        description="comma-separated metric names (all when omitted)",
+        examples=["loss,drift"],
+        json_schema_extra={"pattern": METRICS_PATTERN},
+    ),
 ]
 MaxPoints = Annotated[int, Query(ge=1, le=100_000, description="downsample to at most this many points")]
+StartStep = Annotated[int | None, Query(ge=0, le=MAX_STEP, description="first step (inclusive)")]
+EndStep = Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step (inclusive)")]
 
 
 class TraceFormat(StrEnum):
@@ -38,28 +52,34 @@ class TraceFormat(StrEnum):
     parquet = "parquet"
 
 
+def _refuse(parameter: str, kind: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": ["query", parameter], "msg": message}])
+
+
 def parse_metrics(text: str | None) -> list[str] | None:
-    """'loss,drift' -> ['loss', 'drift'], refusing unknown names (422 listing the valid ones)."""
+    """'loss,drift' -> ['loss', 'drift'] (METRICS_PATTERN), refusing unknown names (422 listing the valid ones)."""
     if text is None:
         return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip(" ") for name in text.split(",")]
+    if "" in names:
+        raise _refuse("metrics", "metrics_syntax", f"give metric names separated by commas, none empty: {text!r}")
     unknown = [name for name in names if name not in METRICS]
-    if unknown or not names:
-        raise UnknownMetric(unknown or ["(none given)"])
+    if unknown:
+        raise UnknownMetric(unknown)
     return list(dict.fromkeys(names))
 
 
 def parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise RequestValidationError(
-            [{"type": "int_parsing", "loc": ["query", "runs"], "msg": f"run ids must be integers: {text!r}"}]
-        ) from exc
-    if not 1 <= len(ids) <= MAX_COMPARE_RUNS:
-        raise RequestValidationError(
-            [{"type": "too_many", "loc": ["query", "runs"], "msg": f"give 1 to {MAX_COMPARE_RUNS} run ids"}]
-        )
+    """'1,2,3' -> [1, 2, 3] (RUNS_PATTERN): 1 to MAX_COMPARE_RUNS ids, each 1 to 2^63 - 1, repeats dropped."""
+    parts = [part.strip(" ") for part in text.split(",")]
+    if not all(re.fullmatch("[0-9]+", part) for part in parts):
+        raise _refuse("runs", "int_parsing", f"give run ids (integers) separated by commas: {text!r}")
+    if len(parts) > MAX_COMPARE_RUNS:
+        raise _refuse("runs", "too_many", f"give 1 to {MAX_COMPARE_RUNS} run ids, not {len(parts)}")
+    ids = [int(part) for part in parts]
+    out_of_range = [i for i in ids if not 1 <= i <= MAX_ID]
+    if out_of_range:
+        raise _refuse("runs", "out_of_range", f"run ids lie between 1 and {MAX_ID}; got {out_of_range[0]}")
     return list(dict.fromkeys(ids))
 
 
@@ -93,13 +113,13 @@ def _compare_trace(
     },
 )
 def get_trace(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
     sessions: SessionsDep,
     _user: CurrentUser,
     metrics: MetricsQuery = None,
-    start: Annotated[int | None, Query(ge=0, description="first step (inclusive); json only")] = None,
-    end: Annotated[int | None, Query(ge=0, description="last step (inclusive); json only")] = None,
+    start: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="first step (inclusive); json only")] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step (inclusive); json only")] = None,
     max_points: MaxPoints = 1000,
     format: Annotated[TraceFormat, Query(description="csv and parquet stream the full trace")] = TraceFormat.json,
 ) -> TracePublic | StreamingResponse:
@@ -132,10 +152,24 @@ def get_trace(
 def compare(
     session: SessionDep,
     _user: CurrentUser,
-    runs: Annotated[str, Query(description="comma-separated run ids", examples=["1,2,3"])],
-    metrics: Annotated[str, Query(description="comma-separated metric names", examples=["loss,sharpness"])] = "loss",
-    start: Annotated[int | None, Query(ge=0)] = None,
-    end: Annotated[int | None, Query(ge=0)] = None,
+    runs: Annotated[
+        str,
+        Query(
+            description=f"comma-separated run ids: 1 to {MAX_COMPARE_RUNS} of them",
+            examples=["1,2,3"],
+            json_schema_extra={"pattern": RUNS_PATTERN},
+        ),
+    ],
+    metrics: Annotated[
+        str,
+        Query(
+            description="comma-separated metric names",
+            examples=["loss,sharpness"],
+            json_schema_extra={"pattern": METRICS_PATTERN},
+        ),
+    ] = "loss",
+    start: StartStep = None,
+    end: EndStep = None,
     max_points: MaxPoints = 500,
 ) -> ComparePublic:
     """Runs side by side: their parameters and summaries, and each metric on one common step grid
