@@ -131,6 +131,14 @@ class RunTimings(BaseModel):
     finished_at: datetime | None
 
 
+class RunEstimate(BaseModel):
+    """What the run was estimated to cost at submission (eos_core/resources.py)."""
+
+    memory_gib: float = Field(description="peak memory, GiB")
+    tflop: float = Field(description="work, 10^12 floating-point operations")
+    parameters: int
+
+
 class RunPublic(_FromRow):
     id: int
     experiment_id: int
@@ -150,6 +158,9 @@ class RunPublic(_FromRow):
     dataset_info: dict[str, Any] | None
     error: str | None
     created_at: datetime
+    estimate: RunEstimate | None = Field(
+        None, description="its cost estimated from the spec (on GET /experiments/{id} and on creation)"
+    )
 
 
 class RunsPublic(BaseModel):

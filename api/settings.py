@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eos_core.resources import Limits
+
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EOS_", extra="ignore")
@@ -20,6 +22,18 @@ class ApiSettings(BaseSettings):
     )
     max_queued_runs_per_user: int = Field(
         default=5000, ge=0, description="queued plus running runs one user may have; a user's own limit overrides it"
+    )
+    max_run_memory_gib: float = Field(
+        default=8.0,
+        ge=0,
+        description="a run estimated to need more memory at its peak is refused (422; eos_core.resources); "
+        "8 GiB suits a 2-core, 24 GiB worker, raise it on a GPU node; 0: no limit",
+    )
+    max_run_tflop: float = Field(
+        default=1000.0,
+        ge=0,
+        description="a run estimated to need more work (10^12 floating-point operations) is refused (422); "
+        "1000 TFLOP is about a day on one CPU core; 0: no limit",
     )
     max_request_bytes: int = Field(
         default=1_000_000, ge=1, description="request bodies larger than this are refused with 413 before being parsed"
@@ -54,3 +68,7 @@ class ApiSettings(BaseSettings):
     def in_flight_limit(self) -> int:
         """max_in_flight, or its default: as many requests as the pool has connections (0: unlimited)."""
         return self.max_in_flight if self.max_in_flight is not None else 2 * self.db_pool_size
+
+    @property
+    def run_limits(self) -> Limits:
+        return Limits(max_memory_gib=self.max_run_memory_gib, max_tflop=self.max_run_tflop)

@@ -8,13 +8,32 @@ from typing import cast
 import numpy as np
 from sqlalchemy.orm import Session
 
+from eos_core.resources import estimate
+from eos_core.spec import RunSpec
 from eos_core.summary import RunSummary
 from store.models import Event, Experiment, Run, User
 
-from .schemas import Column, CompareRun, EventPublic, ExperimentPublic, RunPublic, RunStatus, RunTimings
+from .schemas import (
+    Column,
+    CompareRun,
+    EventPublic,
+    ExperimentPublic,
+    RunEstimate,
+    RunPublic,
+    RunStatus,
+    RunTimings,
+)
 
 
-def run_public(run: Run) -> RunPublic:
+def run_estimate(run: Run) -> RunEstimate | None:
+    try:
+        cost = estimate(RunSpec.model_validate(run.spec))
+    except ValueError:  # a spec stored before a bound was added: no estimate rather than an error
+        return None
+    return RunEstimate(memory_gib=round(cost.memory_gib, 4), tflop=cost.flops / 1e12, parameters=cost.parameters)
+
+
+def run_public(run: Run, with_estimate: bool = False) -> RunPublic:
     timings = RunTimings(
         created_at=run.created_at,
         enqueued_at=run.enqueued_at,
@@ -41,6 +60,7 @@ def run_public(run: Run) -> RunPublic:
         dataset_info=run.dataset_info,
         error=run.error,
         created_at=run.created_at,
+        estimate=run_estimate(run) if with_estimate else None,
     )
 
 
@@ -55,7 +75,7 @@ def experiment_public(session: Session, experiment: Experiment, runs: Iterable[R
         spec=experiment.spec,
         sweep=experiment.sweep or {},
         created_at=experiment.created_at,
-        runs=None if runs is None else [run_public(r) for r in runs],
+        runs=None if runs is None else [run_public(r, with_estimate=True) for r in runs],
     )
 
 

@@ -124,6 +124,9 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="follow the runs until they finish (exit 1 if one fails)")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print each run's estimated memory and work; submit nothing")
+    ] = False,
     url: UrlOption = None,
     token: TokenOption = None,
     db: DbOption = None,
@@ -131,7 +134,11 @@ def submit(
     """Submit SPEC, or a grid over it, as an experiment.
 
     On a server the runs are queued for the workers (--wait follows them); on the embedded store they
-    train now, in this process, with progress bars."""
+    train now, in this process, with progress bars. A server refuses a run beyond its memory or work
+    limit (422, naming both); --dry-run shows the estimates first."""
+    if dry_run:
+        _print_estimates(spec, sweep)
+        return
     with connected(url, token, db, create=True) as client:
         experiment = client.submit(spec, sweep or None, name=name, tags=tag or ())
         console.print(f"experiment {experiment.id}: {len(experiment.run_ids)} run(s) on {escape(client.url)}")
@@ -140,6 +147,28 @@ def submit(
             console.print(f"follow them with: eos watch {experiment.id}")
             return
         _print_final(client.watch(experiment.runs or [], console=console), f"experiment {experiment.id}")
+
+
+def _print_estimates(spec: Path, sweep: list[str] | None) -> None:
+    """One row per run of the grid: its swept values, peak memory, work and parameters (eos_core.resources)."""
+    from eos_client import load_spec, parse_sweep
+    from eos_core.resources import estimate
+    from eos_core.sweep import SweepError, expand_sweep
+
+    try:
+        cells = expand_sweep(load_spec(spec), parse_sweep(sweep))
+    except (InputError, SweepError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"{spec}: {len(cells)} run(s), estimated; nothing submitted")
+    for column in ("run", "memory (GiB)", "work (TFLOP)", "parameters", "mostly"):
+        table.add_column(column)
+    for index, (params, cell) in enumerate(cells, start=1):
+        cost = estimate(cell)
+        largest = max(cost.parts, key=lambda k: cost.parts[k])
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items()) or str(index)
+        table.add_row(label, f"{cost.memory_gib:.3g}", f"{cost.flops / 1e12:.3g}", f"{cost.parameters:,}", largest)
+    console.print(table)
 
 
 def _active_experiments(client: Client) -> list[int]:

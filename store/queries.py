@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from eos_core.kappa import kappa_b
 from eos_core.regimes import verdict_column
+from eos_core.resources import Limits
 from eos_core.spec import RunSpec
 from eos_core.summary import RunSummary
 from eos_core.sweep import Sweep, expand_sweep, spec_hash
@@ -102,12 +103,16 @@ def create_experiment(
     max_runs: int | None = None,
     max_queued: int | None = None,
     idempotency_key: str | None = None,
+    limits: Limits | None = None,
 ) -> Experiment:
     """Validate the spec and sweep, expand the grid, and add the experiment with queued runs.
 
     `idempotency_key` is stored as given: a second experiment with the same key and owner fails
     the unique constraint at the flush (create_experiment_once turns that into the first one)."""
     cells = expand_sweep(spec, sweep, limit=max_runs)
+    if limits is not None:  # TooCostly names the run, the limit and the estimate
+        for params, cell in cells:
+            limits.check(cell, f"run {params}" if params else "the run")
     if max_queued is not None and queued_runs(session=session, user=owner) + len(cells) > max_queued:
         raise QuotaExceeded(
             f"{owner.name} may have at most {max_queued} queued or running runs; this adds {len(cells)}"
@@ -195,6 +200,7 @@ def create_experiment_once(
     tags: Sequence[str] = (),
     max_runs: int | None = None,
     max_queued: int | None = None,
+    limits: Limits | None = None,
 ) -> tuple[Experiment, bool]:
     """(experiment, created): the owner's experiment for `idempotency_key` if there is one (created
     False), else a new one as create_experiment makes it (created True).
@@ -225,6 +231,7 @@ def create_experiment_once(
                 max_runs=max_runs,
                 max_queued=max_queued,
                 idempotency_key=idempotency_key,
+                limits=limits,
             )
     except IntegrityError:
         found = existing()

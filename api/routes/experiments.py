@@ -8,6 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from eos_core.resources import TooCostly
 from eos_core.sweep import SweepError
 from store import queries
 from store.models import Experiment, User
@@ -70,6 +71,7 @@ def _create(
                 tags=body.tags,
                 max_runs=settings.max_runs_per_sweep,
                 max_queued=quota,
+                limits=settings.run_limits,
             )
         experiment = queries.create_experiment(
             session=session,
@@ -80,12 +82,15 @@ def _create(
             tags=body.tags,
             max_runs=settings.max_runs_per_sweep,
             max_queued=quota,
+            limits=settings.run_limits,
         )
         return experiment, True
     except ValidationError as exc:
         raise spec_errors(exc, body.sweep) from exc
     except SweepError as exc:
         raise sweep_error(exc, body.sweep) from exc
+    except TooCostly as exc:
+        raise RequestValidationError([{"type": "too_costly", "loc": ["body", "spec"], "msg": str(exc)}]) from exc
 
 
 def storable(body: ExperimentCreate) -> None:

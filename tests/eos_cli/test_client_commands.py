@@ -144,3 +144,16 @@ def test_a_failed_run_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     result = eos("submit", spec, "--db", tmp_path / "eos.sqlite")
     assert result.exit_code == 1, result.output
     assert "run 1 failed" in result.stderr
+
+
+def test_dry_run_prints_each_runs_estimate_and_submits_nothing(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "tiny.yaml")
+    store = tmp_path / "eos.sqlite"
+    result = eos("submit", spec, "--sweep", "optimizer.steps=60,120", "--dry-run", "--db", store)
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.stdout.split())  # the table wraps to the terminal's width
+    assert "2 run(s), estimated; nothing submitted" in shown
+    assert "steps=60" in shown and "steps=120" in shown
+    assert not store.exists()  # nothing submitted, no store created
+    bad = eos("submit", spec, "--sweep", "optimizer.nope=1", "--dry-run")
+    assert bad.exit_code == 2 and "nope" in bad.stderr
