@@ -159,7 +159,12 @@ class RunPublic(_FromRow):
     error: str | None
     created_at: datetime
     estimate: RunEstimate | None = Field(
-        None, description="its cost estimated from the spec (on GET /experiments/{id} and on creation)"
+        None, description="its cost estimated from the spec (on GET /runs/{id}, GET /experiments/{id} and creation)"
+    )
+    queue_served: bool | None = Field(
+        None,
+        description="whether a live worker serves this run's queue (null: the embedded store, which trains "
+        "runs itself)",
     )
 
 
@@ -177,6 +182,9 @@ class ExperimentPublic(_FromRow):
     sweep: dict[str, Any]
     created_at: datetime
     runs: list[RunPublic] | None = Field(None, description="present on GET /experiments/{id} and on creation")
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. queued runs on a queue that no live worker serves (they wait)"
+    )
 
 
 class ExperimentsPublic(BaseModel):

@@ -92,8 +92,15 @@ def _fmt(value: Any) -> str:
 
 def _rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return [
-        {"id": r.id, "params": r.params, "status": r.status, "summary": r.summary, "failure": r.failure} for r in runs
+        {"id": r.id, "params": r.params, "status": _status(r), "summary": r.summary, "failure": r.failure} for r in runs
     ]
+
+
+def _status(run: Run) -> str:
+    """'queued (gpu: no worker)' for a run waiting on a queue that no live worker serves."""
+    if run.status == "queued" and run.queue_served is False:
+        return f"queued ({run.queue}: no worker)"
+    return run.status
 
 
 def print_runs(rows: Sequence[dict[str, Any]], title: str, console: Console) -> None:
@@ -142,6 +149,8 @@ def submit(
     with connected(url, token, db, create=True) as client:
         experiment = client.submit(spec, sweep or None, name=name, tags=tag or ())
         console.print(f"experiment {experiment.id}: {len(experiment.run_ids)} run(s) on {escape(client.url)}")
+        for warning in experiment.warnings:
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         if not (wait or client.is_local):
             print_runs(_rows(experiment.runs or []), title=f"experiment {experiment.id}", console=console)
             console.print(f"follow them with: eos watch {experiment.id}")
@@ -187,6 +196,20 @@ def status(
     """Recent experiments with their runs counted by status."""
     with connected(url, token, db) as client:
         console.print(_status_table(client, _recent(client, owner, limit, active)))
+        if not client.is_local:
+            console.print(_workers_line(client.workers()))
+
+
+def _workers_line(found: dict[str, Any]) -> str:
+    """'workers: cpu x2 (node-a, node-b); no worker serves gpu: runs routed there wait'."""
+    names: dict[str, list[str]] = {}
+    for worker in found.get("items", []):
+        names.setdefault(worker["queue"], []).append(worker["host"])
+    served = "; ".join(f"{q} x{len(h)} ({', '.join(sorted(set(h)))})" for q, h in sorted(names.items())) or "none"
+    line = f"workers: {served}"
+    if found.get("unserved"):
+        line += f"; [yellow]no worker serves {', '.join(found['unserved'])}[/yellow]: runs routed there wait"
+    return line
 
 
 def _recent(client: Client, owner: str | None, limit: int, active: bool) -> pd.DataFrame:

@@ -293,6 +293,10 @@ class Client:
         """Cancel a run: a queued one at once, a running one at its next trace flush. Conflict if finished."""
         return Run.from_json(self._request("POST", f"/runs/{_run_id(run)}/cancel").json())
 
+    def workers(self) -> dict[str, Any]:
+        """The live workers (name, queue, host, pid, last_seen) and which queues are served or not."""
+        return dict(self._get("/workers"))
+
     def events(self, run: RunRef) -> pd.DataFrame:
         """The run's events in order: run, id, kind (attempt, cancel, entrance, exit, return, divergence), step,
         details, created_at."""

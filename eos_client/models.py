@@ -62,6 +62,7 @@ class Run:
     error: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)  # the expanded, validated spec
     queue: str = "cpu"
+    queue_served: bool | None = None  # a live worker serves the queue (None: the embedded store)
     attempts: int = 0
     created_at: datetime | None = None
     started_at: datetime | None = None
@@ -105,6 +106,7 @@ class Run:
             error=data.get("error"),
             spec=dict(data.get("spec") or {}),
             queue=str(data.get("queue", "cpu")),
+            queue_served=data.get("queue_served"),
             attempts=int(data.get("attempts") or 0),
             created_at=_time(data.get("created_at")),
             started_at=_time(timings.get("started_at")),
@@ -124,6 +126,7 @@ class Experiment:
     sweep: dict[str, Any]
     created_at: datetime | None
     runs: list[Run] | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. runs waiting on a queue no live worker serves
 
     @property
     def run_ids(self) -> list[int]:
@@ -141,6 +144,7 @@ class Experiment:
             sweep=dict(data.get("sweep") or {}),
             created_at=_time(data.get("created_at")),
             runs=None if runs is None else [Run.from_json(r) for r in runs],
+            warnings=[str(w) for w in data.get("warnings") or []],
         )
 
 

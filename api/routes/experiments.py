@@ -29,7 +29,7 @@ from ..schemas import (
     RunStatus,
 )
 from ..settings import ApiSettings
-from ..views import experiment_public
+from ..views import experiment_public, served_queues
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -188,7 +188,7 @@ def create_experiment(
         return _replayed(session, experiment, response)
     runs = queries.list_runs(session=session, experiment_id=experiment.id)
     background.add_task(enqueue, [run.id for run in runs])  # background tasks run after the commit
-    return experiment_public(session, experiment, runs)
+    return experiment_public(session, experiment, runs, served_queues(request, session))
 
 
 @router.get("", responses=ERRORS)
@@ -212,11 +212,13 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", responses=ERRORS)
-def get_experiment(experiment_id: ExperimentId, session: SessionDep, _user: CurrentUser) -> ExperimentPublic:
-    """One experiment with its runs."""
+def get_experiment(
+    request: Request, experiment_id: ExperimentId, session: SessionDep, _user: CurrentUser
+) -> ExperimentPublic:
+    """One experiment with its runs (with `warnings` when some wait on a queue no live worker serves)."""
     experiment = queries.get_experiment(session=session, experiment_id=experiment_id)
     runs = queries.list_runs(session=session, experiment_id=experiment.id)
-    return experiment_public(session, experiment, runs)
+    return experiment_public(session, experiment, runs, served_queues(request, session))
 
 
 @router.get("/{experiment_id}/kappa", responses=ERRORS)

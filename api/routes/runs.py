@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from store import lifecycle, queries
 
 from ..deps import CurrentUser, SessionDep, require_owner
 from ..inputs import ExperimentIdQuery, RunId
 from ..schemas import EventsPublic, Message, Responses, RunPublic, RunsPublic, RunStatus
-from ..views import event_public, run_public
+from ..views import event_public, run_public, served_queues
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
@@ -20,6 +20,7 @@ ERRORS: Responses = {401: {"model": Message}, 404: {"model": Message}}
 
 @router.get("", responses=ERRORS)
 def list_runs(
+    request: Request,
     session: SessionDep,
     _user: CurrentUser,
     experiment_id: ExperimentIdQuery,
@@ -28,13 +29,16 @@ def list_runs(
     """The runs of one experiment, in creation order."""
     queries.get_experiment(session=session, experiment_id=experiment_id)  # 404 for an unknown experiment
     runs = queries.list_runs(session=session, experiment_id=experiment_id, status=status)
-    return RunsPublic(items=[run_public(r) for r in runs], total=len(runs))
+    served = served_queues(request, session)
+    return RunsPublic(items=[run_public(r, served=served) for r in runs], total=len(runs))
 
 
 @router.get("/{run_id}", responses=ERRORS)
-def get_run(run_id: RunId, session: SessionDep, _user: CurrentUser) -> RunPublic:
-    """One run: status, progress, timings, and once finished its summary (or error)."""
-    return run_public(queries.get_run(session=session, run_id=run_id))
+def get_run(request: Request, run_id: RunId, session: SessionDep, _user: CurrentUser) -> RunPublic:
+    """One run: status, progress, timings, its queue and whether a live worker serves it, and once
+    finished its summary (or error)."""
+    run = queries.get_run(session=session, run_id=run_id)
+    return run_public(run, with_estimate=True, served=served_queues(request, session))
 
 
 @router.get("/{run_id}/events", responses=ERRORS)

@@ -17,6 +17,7 @@ from .conftest import (
     LONG_ROWS,
     LONG_SPIKE,
     LRS,
+    SPEC,
     Data,
     Page,
     mark_completed,
@@ -245,4 +246,17 @@ def test_a_failed_run_says_why_on_its_page_and_on_its_experiments(page: Page, da
     assert failures.get_attribute("data-failure-of") == str(data.failed_id)
     assert failures.inner_text().strip() == why
     page.screenshot("experiment-failed")
+    page.assert_clean()
+
+
+def test_a_run_waiting_on_a_queue_no_worker_serves_says_so(page: Page, api: httpx.Client) -> None:
+    created = api.post("/experiments", json={"spec": {**SPEC, "name": "waiting"}}).json()
+    run_id = created["runs"][0]["id"]
+    try:
+        assert created["warnings"] and "no live worker serves the cpu queue" in created["warnings"][0]
+        tab = page.open(f"/runs/{run_id}")
+        assert "No live worker serves the cpu queue" in tab.inner_text("#unserved")
+        assert tab.inner_text("#queue") == "queue cpu"
+    finally:
+        api.post(f"/runs/{run_id}/cancel")
     page.assert_clean()

@@ -157,3 +157,14 @@ def test_dry_run_prints_each_runs_estimate_and_submits_nothing(tmp_path: Path) -
     assert not store.exists()  # nothing submitted, no store created
     bad = eos("submit", spec, "--sweep", "optimizer.nope=1", "--dry-run")
     assert bad.exit_code == 2 and "nope" in bad.stderr
+
+
+def test_a_run_waiting_for_a_worker_shows_it_in_the_status_column() -> None:
+    from eos_cli.client_commands import _status, _workers_line
+    from eos_client import Run
+
+    waiting = Run(id=1, experiment_id=1, name="x", status="queued", queue="gpu", queue_served=False)
+    assert _status(waiting) == "queued (gpu: no worker)"
+    assert _status(Run(id=2, experiment_id=1, name="x", status="queued", queue="cpu", queue_served=True)) == "queued"
+    line = _workers_line({"items": [{"queue": "cpu", "host": "a"}, {"queue": "cpu", "host": "b"}], "unserved": ["gpu"]})
+    assert line.startswith("workers: cpu x2 (a, b)") and "no worker serves gpu" in line

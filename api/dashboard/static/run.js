@@ -109,8 +109,20 @@ function drawHeader(box, run) {
       h("span", { text: `started ${fmtTime(t.started_at)}` }),
       h("span", { text: t.finished_at ? `took ${fmtDuration(t.started_at, t.finished_at)}` : active ? "updating live" : "" }),
       h("span", { text: `attempts ${run.attempts}${run.worker ? ` · ${run.worker}` : ""}` }),
+      h("span", { text: `queue ${run.queue}`, id: "queue" }),
     ),
     failureNotice(run),
+    queueNotice(run),
+  );
+}
+
+/** A queued run whose queue no live worker serves waits: say so, and what would serve it. */
+function queueNotice(run) {
+  if (run.status !== "queued" || run.queue_served !== false) return null;
+  return h(
+    "div",
+    { class: "notice warn", id: "unserved", role: "status" },
+    `No live worker serves the ${run.queue} queue: this run waits until one starts (eos worker --queue ${run.queue}).`,
   );
 }
 
