@@ -16,6 +16,7 @@ run with the project's defaults.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import threading
 import time
@@ -459,7 +460,9 @@ def burst(config: Config) -> tuple[BurstFigures, Outcome]:
 def _burst(cluster: Cluster, config: Config, outcome: Outcome) -> BurstFigures:
     api = cluster.start_api()
     token = cluster.create_user()
-    answers = asyncio.run(_fire(api, token, config))
+    # A thread of its own: the caller may already run an event loop (pytest plugins, Playwright).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(asyncio.run, _fire(api, token, config)).result()
     done_at = time.monotonic()
     at_done = _burst_experiments(cluster)
     post_after = _timed(lambda: submit(api, token, cheap_spec(50), 1, timeout=config.client_timeout))
