@@ -410,10 +410,10 @@ class Client:
     def plot(self, runs: RunsRef, path: str | Path | None = None, max_points: int = 2000) -> Any:
         """Loss (log-log), drift and sharpness of the runs, labelled by their swept params; a matplotlib
         Figure, also saved to `path` when given."""
-        from .plot import plot_runs
+        from .plot import TRACE_METRICS, plot_runs
 
         found = [self.run(i) for i in self._run_ids(runs)]
-        trace = self.trace(found, ["loss", "drift", "sharpness"], max_points=max_points)
+        trace = self.trace(found, list(TRACE_METRICS), max_points=max_points)
         return plot_runs(found, trace, path)
 
     def _run_ids(self, runs: RunsRef) -> list[int]:
