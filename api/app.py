@@ -31,7 +31,7 @@ from .admission import Admission, AdmissionControl
 from .broker import BrokerCheck
 from .deps import Enqueue
 from .limits import BodySizeLimit
-from .routes import experiments, health, runs, traces, workers
+from .routes import experiments, health, runs, tokens, traces, workers
 from .schemas import Message
 from .settings import ApiSettings
 
@@ -116,7 +116,7 @@ def create_app(
     cheap = {f"{PREFIX}/health", f"{PREFIX}/ready", f"{PREFIX}/openapi.json"}  # no database, or their own check
     app.add_middleware(AdmissionControl, admission=app.state.admission, prefix=PREFIX, exempt=cheap)
     errors.install(app, settings.retry_after_seconds)
-    for module in (experiments, runs, traces, workers, health):
+    for module in (experiments, runs, traces, workers, tokens, health):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(dashboard.router)  # the HTML pages at /, calling the API above
 

@@ -24,7 +24,10 @@ from .settings import ApiSettings
 Enqueue = Callable[[Sequence[int]], None]
 
 bearer = HTTPBearer(
-    auto_error=False, description="an API token: `eos users create NAME` creates a user and prints its token, once"
+    auto_error=False,
+    description="an API token, sent as `Authorization: Bearer eos_...`: `eos users create NAME` creates a user and "
+    "prints its first token, `eos token create NAME` (or `POST /api/v1/tokens`) another, once each. A revoked or "
+    "expired token gets 401.",
 )
 
 
@@ -84,7 +87,7 @@ def get_current_user(
         raise unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     user = queries.user_for_token(session=session, token=credentials.credentials)
     if user is None:
-        raise unauthorized("invalid or revoked token")
+        raise unauthorized("invalid, revoked or expired token")
     return user
 
 

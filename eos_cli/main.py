@@ -3,6 +3,7 @@
     eos run SPEC [--sweep optimizer.lr=1,10,100]   train now, in this process (embedded store)
     eos db upgrade                                 bring the database to the head revision
     eos users create NAME [--admin]                print a new user's API token (once)
+    eos token create|list|revoke|rotate            a user's API tokens: expiry, revocation
     eos serve | eos worker --queue gpu|cpu | eos reaper
 
 Exit codes: 0 success, 1 a run failed or diverged (with --strict), 2 bad input.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +36,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and API tokens.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+token_app = typer.Typer(help="API tokens: create (shown once), list, revoke, rotate.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.add_typer(token_app, name="token")
 console = Console()
 err = Console(stderr=True)
 
@@ -135,24 +140,172 @@ def db_upgrade(db: DbOption = None) -> None:
     console.print(f"database at head: {url.split('@')[-1]}")
 
 
+def _sessions(db: str | None) -> Any:
+    """A session factory on the database, refusing one that is not at the head revision."""
+    from store.db import database_url, make_engine, session_factory, verify_schema
+
+    engine = make_engine(database_url(db))
+    verify_schema(engine)
+    return session_factory(engine)
+
+
 @users_app.command("create")
 def users_create(
-    name: Annotated[str, typer.Argument(help="user name")],
+    name: Annotated[str, typer.Argument(help="user name: 1 to 64 letters, digits, '.', '_' or '-'")],
     admin: Annotated[bool, typer.Option("--admin", help="may cancel and delete anyone's runs")] = False,
     db: DbOption = None,
 ) -> None:
     """Create a user and print their API token. It is shown once and stored hashed."""
     from store import queries
-    from store.db import database_url, make_engine, session_factory, verify_schema
 
-    engine = make_engine(database_url(db))
-    verify_schema(engine)
     try:
-        with session_factory(engine).begin() as session:
+        queries.check_user_name(name)
+        with _sessions(db).begin() as session:
             _, token = queries.create_user(session=session, name=name, is_admin=admin)
-    except queries.Conflict as exc:
+    except (queries.Conflict, queries.InvalidUserName) as exc:
         _fail(str(exc))
-    console.print(token)
+    console.print(token, soft_wrap=True)
+
+
+ExpiresOption = Annotated[
+    str | None,
+    typer.Option(
+        "--expires",
+        help="when the token stops working: a duration (30d, 12h) or a UTC date or time (2027-01-31, "
+        "2027-01-31T12:00); default: never",
+    ),
+]
+TokenArgument = Annotated[str, typer.Argument(help="the token's id, or its prefix as `eos token list` shows it")]
+
+
+def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | None:
+    """`30d`, `12h`, `90m` from now, or an ISO date (midnight UTC) or date and time (UTC unless it says)."""
+    if text is None:
+        return None
+    now = now or datetime.now(UTC)
+    match = re.fullmatch(r"\s*(\d+)\s*([dhm])\s*", text)
+    if match:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
+        return now + timedelta(**{unit: int(match.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither a duration (30d, 12h, 90m) nor an ISO date or time", param_hint="--expires"
+        ) from None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    if when <= now:
+        raise typer.BadParameter(f"{text!r} is not in the future", param_hint="--expires")
+    return when
+
+
+def _find_token(session: Any, key: str) -> Any:
+    """The token with id `key`, or whose prefix is `key` (it must name one token)."""
+    from store import queries
+
+    if key.isdigit():
+        return queries.get_token(session=session, token_id=int(key))
+    found = [t for t in queries.list_tokens(session=session) if t.prefix == key or t.prefix == key.rstrip(".")]
+    if len(found) != 1:
+        raise queries.NotFound(f"no token with prefix {key!r}" if not found else f"{key!r} names {len(found)} tokens")
+    return found[0]
+
+
+def _token_state(token: Any) -> str:
+    from store import queries
+
+    return "revoked" if token.revoked else "expired" if queries.token_expired(token) else "active"
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "never"
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _announce(token: Any, user: str, secret: str) -> None:
+    """The secret alone on stdout (for scripts); what it is on stderr."""
+    err.print(
+        f"token {token.id} ({token.prefix}...) of {escape(user)}, expires {_when(token.expires_at)}; "
+        "shown once, stored hashed:"
+    )
+    console.print(secret, soft_wrap=True)
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Argument(help="the user the token signs in as")],
+    expires: ExpiresOption = None,
+    db: DbOption = None,
+) -> None:
+    """Create another API token for USER and print it. It is shown once and stored hashed."""
+    from store import queries
+
+    expires_at = parse_expiry(expires)
+    try:
+        with _sessions(db).begin() as session:
+            owner = queries.get_user(session=session, name=user)
+            token, secret = queries.create_token(session=session, user=owner, expires_at=expires_at)
+    except (queries.NotFound, queries.InvalidExpiry) as exc:
+        _fail(str(exc))
+    _announce(token, user, secret)
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str | None, typer.Argument(help="only this user's tokens (default: everyone's)")] = None,
+    db: DbOption = None,
+) -> None:
+    """List tokens: id, user, prefix, created, expires and state. The secrets are never stored, so never shown."""
+    from rich.table import Table
+
+    from store import queries
+
+    try:
+        with _sessions(db).begin() as session:
+            owner = queries.get_user(session=session, name=user) if user is not None else None
+            rows = [
+                (str(t.id), t.user.name, f"{t.prefix}...", _when(t.created_at), _when(t.expires_at), _token_state(t))
+                for t in queries.list_tokens(session=session, user=owner)
+            ]
+    except queries.NotFound as exc:
+        _fail(str(exc))
+    table = Table("id", "user", "prefix", "created", "expires", "state")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token: TokenArgument, db: DbOption = None) -> None:
+    """Revoke a token: from now on every request with it gets 401."""
+    from store import queries
+
+    try:
+        with _sessions(db).begin() as session:
+            row = queries.revoke_token(session=session, token=_find_token(session, token))
+            shown = f"revoked token {row.id} ({row.prefix}...) of {row.user.name}"
+    except queries.NotFound as exc:
+        _fail(str(exc))
+    console.print(escape(shown))
+
+
+@token_app.command("rotate")
+def token_rotate(token: TokenArgument, expires: ExpiresOption = None, db: DbOption = None) -> None:
+    """Revoke a token and print a new one for its user (shown once)."""
+    from store import queries
+
+    expires_at = parse_expiry(expires)
+    try:
+        with _sessions(db).begin() as session:
+            old = _find_token(session, token)
+            row, secret = queries.rotate_token(session=session, token=old, expires_at=expires_at)
+            user = old.user.name
+    except (queries.NotFound, queries.Conflict, queries.InvalidExpiry) as exc:
+        _fail(str(exc))
+    err.print(f"revoked token {old.id} ({old.prefix}...)")
+    _announce(row, user, secret)
 
 
 @app.command()

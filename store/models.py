@@ -68,6 +68,8 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(12))  # shown in listings, never the secret
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # After this moment the token is refused (401); None: it never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     user: Mapped[User] = relationship(back_populates="tokens", lazy="raise")
 
 

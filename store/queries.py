@@ -7,13 +7,14 @@ a task) owns the transaction. Plain ORM rows come out; the API maps them to sche
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -37,8 +38,29 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class InvalidUserName(ValueError):
+    """A user name that is empty, too long or holds characters outside USER_NAME."""
+
+
+class InvalidExpiry(ValueError):
+    """A token expiry that is not in the future."""
+
+
+# A letter or digit, then letters, digits, '.', '_' or '-': at most 64 characters in all.
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+USER_NAME_RULE = "1 to 64 characters: letters, digits, '.', '_' and '-', starting with a letter or a digit"
+
+
+def check_user_name(name: str) -> str:
+    """`name` if it is a valid user name; raises InvalidUserName naming the rule otherwise."""
+    if USER_NAME.fullmatch(name) is None:
+        raise InvalidUserName(f"invalid user name {name!r}: {USER_NAME_RULE}")
+    return name
+
+
 def create_user(*, session: Session, name: str, is_admin: bool = False) -> tuple[User, str]:
     """A new user and their first API token; the secret is returned once and stored hashed."""
+    check_user_name(name)
     if session.scalar(select(User).where(User.name == name)) is not None:
         raise Conflict(f"user {name!r} already exists")
     user = User(name=name, is_admin=is_admin)
@@ -47,20 +69,77 @@ def create_user(*, session: Session, name: str, is_admin: bool = False) -> tuple
     return user, issue_token(session=session, user=user)
 
 
-def issue_token(*, session: Session, user: User) -> str:
+def create_token(*, session: Session, user: User, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """A new token of `user` (expiring at `expires_at`, or never) and its secret, returned once and stored hashed."""
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= utcnow():
+            raise InvalidExpiry(f"the expiry {expires_at.isoformat()} is not in the future")
     secret = "eos_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=user.id, token_hash=hash_token(secret), prefix=secret[:10]))
+    row = ApiToken(user_id=user.id, token_hash=hash_token(secret), prefix=secret[:10], expires_at=expires_at)
+    session.add(row)
     session.flush()
-    return secret
+    return row, secret
+
+
+def issue_token(*, session: Session, user: User, expires_at: datetime | None = None) -> str:
+    return create_token(session=session, user=user, expires_at=expires_at)[1]
 
 
 def user_for_token(*, session: Session, token: str) -> User | None:
+    """The user whose token this is, unless it is unknown, revoked or expired."""
     stmt = (
         select(User)
         .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked.is_(False))
+        .where(
+            ApiToken.token_hash == hash_token(token),
+            ApiToken.revoked.is_(False),
+            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > utcnow()),
+        )
     )
     return session.scalar(stmt)
+
+
+def token_expired(token: ApiToken, at: datetime | None = None) -> bool:
+    expires = token.expires_at
+    if expires is None:
+        return False
+    if expires.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
+        expires = expires.replace(tzinfo=UTC)
+    return expires <= (at or utcnow())
+
+
+def list_tokens(*, session: Session, user: User | None = None) -> list[ApiToken]:
+    """The tokens of `user` (of everyone when None), oldest first, with their users loaded."""
+    stmt = select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id)
+    if user is not None:
+        stmt = stmt.where(ApiToken.user_id == user.id)
+    return list(session.scalars(stmt))
+
+
+def get_token(*, session: Session, token_id: int) -> ApiToken:
+    token = session.scalar(select(ApiToken).options(selectinload(ApiToken.user)).where(ApiToken.id == token_id))
+    if token is None:
+        raise NotFound(f"no token {token_id}")
+    return token
+
+
+def revoke_token(*, session: Session, token: ApiToken) -> ApiToken:
+    """Revoke `token`: from now on it gets 401. Revoking a revoked token changes nothing."""
+    token.revoked = True
+    session.flush()
+    return token
+
+
+def rotate_token(*, session: Session, token: ApiToken, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """Revoke `token` and create another for its user; the new secret is returned once."""
+    if token.revoked:
+        raise Conflict(f"token {token.id} ({token.prefix}...) is revoked already: create a new one instead")
+    user = session.get_one(User, token.user_id)
+    revoke_token(session=session, token=token)
+    row, secret = create_token(session=session, user=user, expires_at=expires_at)
+    return row, secret
 
 
 def get_user(*, session: Session, name: str) -> User:
@@ -266,7 +345,8 @@ def list_experiments(
     if owner is not None:
         stmt = stmt.join(User, User.id == Experiment.owner_id).where(User.name == owner)
     if name is not None:
-        stmt = stmt.where(Experiment.name.contains(name))
+        # `%` and `_` (and the escape character) match themselves, not as wildcards.
+        stmt = stmt.where(Experiment.name.contains(name, autoescape=True))
     if status is not None:
         stmt = stmt.where(Experiment.runs.any(Run.status == status))
     stmt = stmt.options(selectinload(Experiment.owner)).order_by(Experiment.id.desc())

@@ -7,7 +7,8 @@
     /compare?runs=1,2   runs overlaid on one metric, their summaries side by side
 
 The pages hold no data and need no login: their scripts call the REST API under /api/v1 with the
-bearer token the user typed into the page (kept in localStorage, or passed once as `?token=`), and
+bearer token the user typed into the page's sign-in box (kept in localStorage and sent only in the
+Authorization header; a `?token=` in the address is dropped, never used, as the access log records URLs), and
 poll every few seconds while a run they show is queued or running. No build step: plain HTML,
 JavaScript modules, and uPlot (MIT, static/vendor/) for the plots.
 """
@@ -31,7 +32,7 @@ SECURITY_HEADERS = {
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # a one-off ?token= must not leak through Referer
+    "Referrer-Policy": "no-referrer",  # the pages' addresses (ids, filters) stay on the page
     "Cache-Control": "no-cache",  # revalidate (ETag): a redeployed dashboard is picked up at once
 }
 MEDIA_TYPES = {

@@ -108,7 +108,7 @@ class TestSubmission:
         response = api.client.post(
             EXPERIMENTS, json={"spec": small_spec()}, headers={"Authorization": "Bearer eos_nope"}
         )
-        assert error(response, 401) == "invalid or revoked token"
+        assert error(response, 401) == "invalid, revoked or expired token"
         assert response.headers["www-authenticate"] == "Bearer"
 
 

@@ -36,9 +36,22 @@ def test_first_visit_asks_for_a_token_then_lists_experiments(bare_page: Page, da
     assert "eos users create" in tab.inner_text("main")
     assert tab.locator("#token-input").count() == 1
 
-    tab = bare_page.open(f"/?token={data.token}")  # taken once, then kept in localStorage
+    # A token in the address is never used (the access log would hold it): dropped, and the page says why.
+    tab = bare_page.open(f"/?token={data.token}")
     assert "token=" not in tab.url
+    assert tab.evaluate("localStorage.getItem('eos.token')") is None
+    assert "not used" in tab.inner_text("#token-in-url")
+    assert tab.locator("#token-input").count() == 1
+
+    # The sign-in box keeps it in localStorage; the API sees it only in the Authorization header.
+    sent: list[str] = []
+    tab.on("request", lambda request: sent.append(request.url))
+    tab.fill("#token-input", data.token)
+    with tab.expect_navigation():
+        tab.press("#token-input", "Enter")
+    tab.wait_for_selector("body[data-ready='1']")
     assert tab.evaluate("localStorage.getItem('eos.token')") == data.token
+    assert sent and not [url for url in sent if data.token in url]
     row = tab.locator(f"#experiments tr[data-id='{data.experiment_id}']")
     assert "fig4 lr x batch" in row.inner_text()
     assert "η (2) × B (2) = 4 runs" in row.inner_text()

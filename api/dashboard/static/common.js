@@ -18,14 +18,17 @@ export function token() {
   return localStorage.getItem(TOKEN_KEY) || "";
 }
 
-/** `?token=...` is taken once into localStorage and removed from the address bar. */
-function adoptQueryToken() {
+/**
+ * The token only ever travels in the Authorization header: a token in the address (`?token=...`, as an
+ * old link may carry) would be written to the server's access log, so it is not taken; it is removed
+ * from the address bar and the page says why. Returns whether there was one.
+ */
+function refuseQueryToken() {
   const url = new URL(location.href);
-  const given = url.searchParams.get("token");
-  if (given === null) return;
-  if (given.trim()) localStorage.setItem(TOKEN_KEY, given.trim());
+  if (!url.searchParams.has("token")) return false;
   url.searchParams.delete("token");
   history.replaceState(null, "", url.pathname + url.search + url.hash);
+  return true;
 }
 
 /** GET /api/v1{path}?{params}; resolves to the JSON body or throws ApiError. */
@@ -246,7 +249,7 @@ function renderAuth(askAgain = false) {
     clear(box, h("span", { text: shown, title: "stored in this browser (localStorage)" }), out);
     return;
   }
-  const input = h("input", { type: "password", placeholder: "API token (eos users create NAME)", autocomplete: "off", id: "token-input" });
+  const input = h("input", { type: "password", placeholder: "API token (eos token create NAME)", autocomplete: "off", id: "token-input" });
   const form = h(
     "form",
     {
@@ -267,29 +270,41 @@ function renderAuth(askAgain = false) {
 }
 
 /**
- * Page start-up: take a ?token=, draw the token box, then `render(main, banner)`.
+ * Page start-up: drop a ?token= (never taken), draw the token box, then `render(main, banner)`.
  * Without a token the page explains how to get one instead of calling the API.
  */
 export async function boot(render) {
-  adoptQueryToken();
+  const inUrl = refuseQueryToken();
   renderAuth();
   const main = document.getElementById("main");
   const banner = h("div", { class: "notice error hidden", id: "banner", role: "alert" });
+  const urlNotice = inUrl
+    ? h(
+        "div",
+        { class: "notice warn", id: "token-in-url" },
+        "A token in the address is not used: the server logs addresses. Paste it in the box at the top right, and replace it with ",
+        h("code", { text: "eos token rotate ID" }),
+        ", as it may be in the server's log now.",
+      )
+    : null;
   if (!token()) {
     clear(
       main,
+      urlNotice,
       h(
         "div",
         { class: "notice warn" },
         "The dashboard reads the eos API with your token. Create one with ",
         h("code", { text: "eos users create NAME" }),
-        " and paste it in the box at the top right (it stays in this browser).",
+        " (a new user) or ",
+        h("code", { text: "eos token create NAME" }),
+        " and paste it in the box at the top right (it stays in this browser and is sent only in the Authorization header).",
       ),
     );
     document.body.dataset.ready = "1";
     return;
   }
-  clear(main, banner);
+  clear(main, urlNotice, banner);
   try {
     await render(main, banner);
   } catch (err) {
