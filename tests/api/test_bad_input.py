@@ -225,4 +225,5 @@ def test_openapi_also_at_the_root(api: Api) -> None:
 def test_security_scheme_names_the_command_that_exists(api: Api) -> None:
     schemes = api.client.get("/openapi.json").json()["components"]["securitySchemes"]
     (description,) = [scheme["description"] for scheme in schemes.values()]
-    assert "`eos users create NAME`" in description and "eos token" not in description
+    assert "`eos users create NAME`" in description and "`eos token create NAME`" in description
+    assert "eos token`" not in description  # the old text named a bare `eos token`, which never existed

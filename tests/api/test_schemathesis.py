@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 DATABASE = session_name("eos_test_api_fuzz")
 # Cases per operation and phase: 2,232 cases in all, 65 to 90 s on a shared 2-core machine.
-EXAMPLES = int(os.environ.get("EOS_FUZZ_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("EOS_FUZZ_EXAMPLES", "30"))
 
 
 def seed() -> str:
