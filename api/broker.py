@@ -25,6 +25,12 @@ PING_TIMEOUT_S = 0.5
 CACHE_S = 1.0
 
 
+def connect(url: str, timeout: float) -> None:
+    """Connect to the broker once (kombu, any transport), or raise why not."""
+    with Connection(url, connect_timeout=timeout) as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+
+
 class BrokerCheck:
     def __init__(self, url: str, *, timeout: float = PING_TIMEOUT_S, cache_s: float = CACHE_S) -> None:
         self.url = url
@@ -54,7 +60,7 @@ class BrokerCheck:
             if urlsplit(self.url).scheme in ("redis", "rediss", "unix"):
                 self._redis().ping()
             else:
-                self._kombu()
+                connect(self.url, self.timeout)
         except Exception as exc:  # any failure is the answer: unreachable, and why
             return f"{type(exc).__name__}: {exc}"
         return None
@@ -65,10 +71,6 @@ class BrokerCheck:
                 self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0)
             )
         return self._client
-
-    def _kombu(self) -> None:
-        with Connection(self.url, connect_timeout=self.timeout) as connection:
-            connection.ensure_connection(max_retries=1, timeout=self.timeout)
 
     def _where(self) -> str:
         parts = urlsplit(self.url)

@@ -25,13 +25,14 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from eos_core.sweep import SweepError
 from eos_core.trace import METRICS
+from store.db import database_unreachable
 from store.queries import Conflict, IdempotencyKeyReused, NotFound, QuotaExceeded
 from store.traces import UnknownMetric
 
@@ -48,15 +49,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 def unavailable(detail: str, retry_after: int) -> HTTPException:
     """A 503 that says when to come back."""
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail, headers={"Retry-After": str(retry_after)})
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached: the driver failed to connect or lost the connection
-    (OperationalError, or any DBAPIError that invalidated its connection), or no pooled
-    connection came free within the pool timeout."""
-    if isinstance(exc, PoolTimeout):
-        return True
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def spec_errors(exc: ValidationError, sweep: Mapping[str, Any] | None) -> RequestValidationError:
@@ -154,7 +146,7 @@ def _detail(code: int, headers: Mapping[str, str] | None = None) -> Any:
 
 def _database_error(retry_after: int) -> Any:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        if not database_unavailable(exc):
+        if not database_unreachable(exc):
             raise exc  # a bug, not an outage: the 500 below, with its traceback in the log
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, _first_line(exc))
         if isinstance(exc, PoolTimeout):

@@ -21,9 +21,11 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
+from eos_core.spec import MAX_INT
+
 MAX_ID = 2**63 - 1  # ids are BIGINT
 MAX_OFFSET = 2**63 - 1  # PostgreSQL's OFFSET is a BIGINT
-MAX_STEP = 2**31 - 1  # runs.steps and runs.step are INTEGER
+MAX_STEP = MAX_INT  # runs.steps and runs.step are INTEGER, like every integer of a spec
 # Documents the NUL rule in the OpenAPI schema (lone surrogates cannot be written in a pattern).
 NO_NUL = "^[^\\u0000]*$"
 

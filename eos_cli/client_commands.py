@@ -360,13 +360,9 @@ def plot(
     Titled with the experiment and run ids; runs are labelled by their swept parameters; the drift has its
     standard-error band and the stability verdict shaded (green in S, light undecided); the dashed lines
     are 2/η."""
-    from eos_client.plot import TRACE_METRICS, plot_runs
-
     with connected(url, token, db) as client:
-        found = [client.run(i) for i in run_ids]
-        trace = client.trace(found, list(TRACE_METRICS), max_points=max_points)
         try:
-            plot_runs(found, trace, output)
+            client.plot(run_ids, output, max_points=max_points)
         except (ValueError, OSError) as exc:  # an unknown image format, an unwritable path
             raise InputError(f"cannot write {output}: {exc}") from exc
         console.print(f"wrote {output}")

@@ -193,7 +193,9 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
         raise typer.BadParameter(
             f"{text!r} is neither a duration (30d, 12h, 90m) nor an ISO date or time", param_hint="--expires"
         ) from None
-    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    from store.models import as_utc
+
+    when = as_utc(when)
     if when <= now:
         raise typer.BadParameter(f"{text!r} is not in the future", param_hint="--expires")
     return when
@@ -211,17 +213,10 @@ def _find_token(session: Any, key: str) -> Any:
     return found[0]
 
 
-def _token_state(token: Any) -> str:
-    from store import queries
-
-    return "revoked" if token.revoked else "expired" if queries.token_expired(token) else "active"
-
-
 def _when(value: datetime | None) -> str:
-    if value is None:
-        return "never"
-    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    from store.models import as_utc
+
+    return "never" if value is None else as_utc(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _announce(token: Any, user: str, secret: str) -> None:
@@ -266,7 +261,14 @@ def token_list(
         with _sessions(db).begin() as session:
             owner = queries.get_user(session=session, name=user) if user is not None else None
             rows = [
-                (str(t.id), t.user.name, f"{t.prefix}...", _when(t.created_at), _when(t.expires_at), _token_state(t))
+                (
+                    str(t.id),
+                    t.user.name,
+                    f"{t.prefix}...",
+                    _when(t.created_at),
+                    _when(t.expires_at),
+                    queries.token_state(t),
+                )
                 for t in queries.list_tokens(session=session, user=owner)
             ]
     except queries.NotFound as exc:
@@ -435,7 +437,7 @@ def reaper(
     """Requeue runs whose worker died or whose broker message was lost.
 
     Logs (stderr) its settings at start, and every run it requeues or gives up on."""
-    from store.db import database_url, make_engine, session_factory, verify_schema
+    from store.db import database_url
     from worker.reaper import reap, reap_forever
     from worker.settings import WorkerSettings
 
@@ -453,9 +455,7 @@ def reaper(
         settings.queue_check_seconds,
         settings.max_attempts,
     )
-    engine = make_engine(url)
-    verify_schema(engine)
-    sessions = session_factory(engine)
+    sessions = _sessions(url)
     if once:
         outcome = reap(sessions, settings)
         console.print(f"requeued {outcome['requeued']}, failed {outcome['failed']}")

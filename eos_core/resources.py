@@ -102,7 +102,7 @@ def estimate(spec: RunSpec) -> RunCost:
     width = 8 if spec.dtype == "float64" else 4
     ins = spec.instrument
     n_eval = min(ins.eval_subset or train, train)
-    drift_kept = _drift_batches(spec) if ins.drift_samples != 0 else 0
+    drift_kept = ins.drift_max_samples if ins.drift_samples != 0 else 0  # every batch drawn is kept
     lanczos = ins.sharpness_max_iter if ins.sharpness_every else 0
     raw = generated * dim * 8 * (3 if spec.dataset.kind == "gaussian_mixture" else 2)
     one_item = n_eval * widest * ACTIVATION_FACTOR
@@ -115,11 +115,6 @@ def estimate(spec: RunSpec) -> RunCost:
         "the batched evaluations": max(one_item, min(VMAP_BUDGET, (drift_kept + 1) * one_item)) * width * 2,
     }
     return RunCost(sum(parts.values()), _flops(spec, params, train, test, n_eval), params, parts)
-
-
-def _drift_batches(spec: RunSpec) -> int:
-    ins = spec.instrument
-    return ins.drift_max_samples if ins.drift_samples == "exact" else max(ins.drift_samples, ins.drift_max_samples)
 
 
 def _flops(spec: RunSpec, params: int, train: int, test: int, n_eval: int) -> float:

@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 # The migrations live next to this package in the repository; resolved from this file so that
@@ -127,3 +128,13 @@ def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:
     finally:
         if isinstance(engine_or_url, str):
             engine.dispose()
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Is this the database being unreachable (an outage), not a bug or a constraint? The driver
+    failed to connect or lost the connection (OperationalError, or any DBAPIError that invalidated
+    its connection), or no pooled connection came free within the pool timeout. The API answers
+    these with 503; workers wait them out."""
+    if isinstance(error, sa_exc.OperationalError | sa_exc.TimeoutError):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)

@@ -14,7 +14,7 @@ commits: the caller (a route, a task, the reaper) owns the transaction.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from eos_core.summary import RunSummary
 
 from .errors import IllegalTransition, LostOwnership
-from .models import Event, Run, utcnow
+from .models import Event, Run, as_utc, utcnow
 
 
 class RunStatus(StrEnum):
@@ -70,11 +70,6 @@ def _locked(session: Session, run_id: int) -> Run | None:
     return session.scalars(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def mark_sent(*, session: Session, run: Run, task_id: str) -> None:
     """The run's message went to the broker (not a transition: it stays queued)."""
     run.task_id = task_id
@@ -94,7 +89,7 @@ def claim(*, session: Session, run_id: int, worker: str, stale_after: timedelta)
     if run.cancel_requested:
         finish(session=session, run=run, status=RunStatus.CANCELLED)
         return None
-    beating = run.heartbeat_at is not None and _aware(run.heartbeat_at) > utcnow() - stale_after
+    beating = run.heartbeat_at is not None and as_utc(run.heartbeat_at) > utcnow() - stale_after
     if run.status == RunStatus.RUNNING and beating:
         return None
     _move(run, RunStatus.RUNNING)

@@ -10,8 +10,8 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import func, or_, select
@@ -28,7 +28,7 @@ from eos_core.sweep import Sweep, expand_sweep, spec_hash
 from . import workers
 from .errors import Conflict, NotFound, QuotaExceeded
 from .lifecycle import ACTIVE, RunStatus
-from .models import ApiToken, Event, Experiment, Run, User, utcnow
+from .models import ApiToken, Event, Experiment, Run, User, as_utc, utcnow
 from .traces import read_trace
 
 # --- users and tokens -------------------------------------------------------------------
@@ -72,8 +72,7 @@ def create_user(*, session: Session, name: str, is_admin: bool = False) -> tuple
 def create_token(*, session: Session, user: User, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
     """A new token of `user` (expiring at `expires_at`, or never) and its secret, returned once and stored hashed."""
     if expires_at is not None:
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)
+        expires_at = as_utc(expires_at)
         if expires_at <= utcnow():
             raise InvalidExpiry(f"the expiry {expires_at.isoformat()} is not in the future")
     secret = "eos_" + secrets.token_urlsafe(32)
@@ -102,12 +101,11 @@ def user_for_token(*, session: Session, token: str) -> User | None:
 
 
 def token_expired(token: ApiToken, at: datetime | None = None) -> bool:
-    expires = token.expires_at
-    if expires is None:
-        return False
-    if expires.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
-        expires = expires.replace(tzinfo=UTC)
-    return expires <= (at or utcnow())
+    return token.expires_at is not None and as_utc(token.expires_at) <= (at or utcnow())
+
+
+def token_state(token: ApiToken) -> Literal["active", "revoked", "expired"]:
+    return "revoked" if token.revoked else "expired" if token_expired(token) else "active"
 
 
 def list_tokens(*, session: Session, user: User | None = None) -> list[ApiToken]:
@@ -215,7 +213,7 @@ def create_experiment(
                 spec=cell.model_dump(mode="json"),
                 spec_hash=spec_hash(cell),
                 params=params,
-                queue=workers.route(cell, served),
+                queue=workers.route(cell.device, served),
                 steps=cell.optimizer.steps,
             )
         )
@@ -290,14 +288,46 @@ def create_experiment_once(
     winner's experiment. IdempotencyKeyReused if the existing one came from a different request.
     """
 
+    found = experiment_for_key(
+        session=session, owner=owner, key=idempotency_key, spec=spec, sweep=sweep, name=name, tags=tags
+    )
+    if found is not None:
+        return found, False
+    return create_keyed_experiment(
+        session=session,
+        owner=owner,
+        idempotency_key=idempotency_key,
+        spec=spec,
+        sweep=sweep,
+        name=name,
+        tags=tags,
+        max_runs=max_runs,
+        max_queued=max_queued,
+        limits=limits,
+    )
+
+
+def create_keyed_experiment(
+    *,
+    session: Session,
+    owner: User,
+    idempotency_key: str,
+    spec: dict[str, Any],
+    sweep: Sweep | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    max_runs: int | None = None,
+    max_queued: int | None = None,
+    limits: Limits | None = None,
+) -> tuple[Experiment, bool]:
+    """create_experiment_once for a key just looked up and not found: (the new experiment, True), or,
+    when a concurrent request with the key won the race, (its experiment, False)."""
+
     def existing() -> Experiment | None:
         return experiment_for_key(
             session=session, owner=owner, key=idempotency_key, spec=spec, sweep=sweep, name=name, tags=tags
         )
 
-    found = existing()
-    if found is not None:
-        return found, False
     try:
         with session.begin_nested():
             experiment = create_experiment(

@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from eos_core.spec import RunSpec
-
 from .models import Worker, utcnow
 
 PRESENT_SECONDS = 45.0  # a worker silent for longer is gone (it beats every 10 s by default)
@@ -44,13 +42,13 @@ def served_queues(*, session: Session, within: float = PRESENT_SECONDS) -> set[s
     return {worker.queue for worker in live(session=session, within=within)}
 
 
-def route(spec: RunSpec, served: set[str] | None) -> str:
-    """The queue of a run: `cpu` and `cuda` runs go to their queue; `auto` to the GPU queue when a
-    live worker serves it, else to the CPU queue when one serves that, else to the GPU queue
-    (the reaper moves it once a worker appears). `served=None`: nothing is known, prefer a GPU."""
-    if spec.device == "cpu":
+def route(device: str, served: set[str] | None) -> str:
+    """The queue of a run whose spec says `device`: `cpu` and `cuda` runs go to their queue; `auto`
+    to the GPU queue when a live worker serves it, else to the CPU queue when one serves that, else
+    to the GPU queue (the reaper moves it once a worker appears). `served=None`: prefer a GPU."""
+    if device == "cpu":
         return "cpu"
-    if spec.device != "auto" or served is None:
+    if device != "auto" or served is None:
         return "gpu"
     if "gpu" in served or "cpu" not in served:
         return "gpu"

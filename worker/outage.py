@@ -13,19 +13,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import exc as sa_exc
+from store.db import database_unreachable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
-
-
-def database_unreachable(error: BaseException) -> bool:
-    """Is this the database (or the pool) being unreachable, not a bug or a constraint?"""
-    if isinstance(error, sa_exc.OperationalError | sa_exc.TimeoutError):
-        return True
-    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
 
 
 def with_database(action: Callable[[], T], what: str, wait_seconds: float) -> T:

@@ -20,7 +20,6 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from eos_core.spec import RunSpec
 from store import lifecycle, workers
 from store.lifecycle import RunStatus
 from store.models import Run
@@ -39,6 +38,14 @@ class BrokerView:
         self.url, self.prefix = broker_url, prefix
         self._unacked: bytes | None = None
         self._queues: dict[str, bytes] = {}
+        self._redis: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        """One connection pool for the pass, made on first use."""
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.url)
+        return self._redis
 
     def forget(self, task_id: str | None) -> int:
         """Drop a dead attempt's message from the unacknowledged set (kombu's `unacked` hash and its
@@ -46,13 +53,12 @@ class BrokerView:
         redelivered for nothing. Returns how many entries went."""
         if task_id is None or not self.url.startswith("redis"):
             return 0
-        client = redis.Redis.from_url(self.url)
         needle = task_id.encode()
-        entries = client.hgetall(self.prefix + "unacked")
+        entries = self.client.hgetall(self.prefix + "unacked")
         tags = [tag for tag, message in entries.items() if needle in _joined([message])]
         if tags:
-            client.zrem(self.prefix + "unacked_index", *tags)
-            client.hdel(self.prefix + "unacked", *tags)
+            self.client.zrem(self.prefix + "unacked_index", *tags)
+            self.client.hdel(self.prefix + "unacked", *tags)
         return len(tags)
 
     def holds(self, queue: str, task_id: str | None) -> bool:
@@ -60,22 +66,16 @@ class BrokerView:
             return False
         if not self.url.startswith("redis"):
             return True  # other brokers: trust the message while we cannot look
-        client = redis.Redis.from_url(self.url)
         if self._unacked is None:
-            self._unacked = _joined(client.hvals(self.prefix + "unacked"))
+            self._unacked = _joined(self.client.hvals(self.prefix + "unacked"))
         if queue not in self._queues:
-            self._queues[queue] = _joined(client.lrange(self.prefix + queue, 0, -1))
+            self._queues[queue] = _joined(self.client.lrange(self.prefix + queue, 0, -1))
         needle = task_id.encode()
         return needle in self._queues[queue] or needle in self._unacked
 
 
 def _joined(values: list[bytes | str]) -> bytes:
     return b"\n".join(v if isinstance(v, bytes) else v.encode() for v in values)
-
-
-def message_present(broker_url: str, queue: str, task_id: str | None, prefix: str = "") -> bool:
-    """Is the task waiting in its Redis queue or held unacknowledged by a worker?"""
-    return BrokerView(broker_url, prefix).holds(queue, task_id)
 
 
 def reap(sessions: sessionmaker[Session], settings: WorkerSettings) -> dict[str, list[int]]:
@@ -154,10 +154,7 @@ def _stranded(session: Session) -> list[tuple[Run, str]]:
         .where(Run.status == RunStatus.QUEUED, Run.queue.not_in(tuple(served)))
         .with_for_update(skip_locked=True)
     )
-    moves = []
-    for run in waiting:
-        if run.spec.get("device", "auto") == "auto":
-            moves.append((run, workers.route(RunSpec.model_validate(run.spec), served)))
+    moves = [(run, workers.route("auto", served)) for run in waiting if run.spec.get("device", "auto") == "auto"]
     return [(run, target) for run, target in moves if target != run.queue]
 
 

@@ -25,11 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from eos_core import RunSpec, StopTraining, train
 from eos_core.trace import Trace
 from store import lifecycle, queries
+from store.db import database_unreachable
 from store.errors import LostOwnership
 from store.lifecycle import RunStatus
 from store.traces import append_trace, delete_trace
 
-from .outage import database_unreachable, with_database
+from .outage import with_database
 
 log = logging.getLogger(__name__)
 DERIVED_EVENTS = ("entrance", "exit", "return", "divergence")

@@ -9,10 +9,10 @@ from functools import cache
 from celery.exceptions import Reject
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import database_url, make_engine, session_factory, verify_schema
+from store.db import database_unreachable, database_url, make_engine, session_factory, verify_schema
 
 from .celery_app import REAP_TASK, RUN_TASK, app
-from .outage import database_unreachable, with_database
+from .outage import with_database
 from .reaper import reap
 from .runner import execute_run
 from .settings import WorkerSettings

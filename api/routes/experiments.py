@@ -61,7 +61,7 @@ def _create(
     quota = user.max_queued_runs if user.max_queued_runs is not None else settings.max_queued_runs_per_user
     try:
         if key is not None:
-            return queries.create_experiment_once(
+            return queries.create_keyed_experiment(  # the route looked the key up already
                 session=session,
                 owner=user,
                 idempotency_key=key,

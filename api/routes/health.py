@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
-from kombu import Connection
 
 from store.db import verify_schema
 
+from ..broker import connect
 from ..deps import SettingsDep
 from ..schemas import Health, Readiness
 
@@ -32,8 +32,7 @@ def database_state(request: Request) -> str:
 
 def broker_state(url: str) -> str:
     try:
-        with Connection(url, connect_timeout=BROKER_TIMEOUT_S) as connection:
-            connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+        connect(url, BROKER_TIMEOUT_S)
     except Exception as exc:
         return f"error: {exc}"
     return "ok"

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.orm import Session
 
 from store import queries
-from store.models import ApiToken, User
+from store.models import ApiToken, User, as_utc
 
 from ..deps import CurrentUser, SessionDep
 from ..inputs import id_path
@@ -25,13 +25,13 @@ from ..schemas import Message, Responses
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 TokenId = Annotated[int, id_path("token")]
 ERRORS: Responses = {401: {"model": Message}, 403: {"model": Message}, 404: {"model": Message}}
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME_PATTERN = f"^{queries.USER_NAME.pattern}$"
 
 
 def _future(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    value = as_utc(value)
     if value <= datetime.now(UTC):
         raise ValueError("the expiry must be in the future")
     return value
@@ -73,24 +73,15 @@ class TokensPublic(BaseModel):
     items: list[TokenPublic]
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def public(token: ApiToken, user: str) -> TokenPublic:
-    state: Literal["active", "revoked", "expired"] = (
-        "revoked" if token.revoked else "expired" if queries.token_expired(token) else "active"
-    )
-    created = _utc(token.created_at)
-    assert created is not None
     return TokenPublic(
         id=token.id,
         user=user,
         prefix=token.prefix,
-        created_at=created,
-        expires_at=_utc(token.expires_at),
+        created_at=as_utc(token.created_at),
+        expires_at=None if token.expires_at is None else as_utc(token.expires_at),
         revoked=token.revoked,
-        state=state,
+        state=queries.token_state(token),
     )
 
 

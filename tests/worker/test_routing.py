@@ -9,7 +9,6 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from eos_core.spec import RunSpec
 from store import queries, workers
 from store.models import Worker
 from worker.dispatch import enqueue
@@ -26,16 +25,12 @@ SPEC: dict[str, Any] = {
 }
 
 
-def _spec(device: str) -> RunSpec:
-    return RunSpec.model_validate({**SPEC, "device": device})
-
-
 def test_route_prefers_a_served_gpu_then_a_served_cpu() -> None:
-    assert workers.route(_spec("auto"), {"gpu", "cpu"}) == "gpu"
-    assert workers.route(_spec("auto"), {"cpu"}) == "cpu"
-    assert workers.route(_spec("auto"), set()) == "gpu"  # nobody yet: the reaper moves it later
-    assert workers.route(_spec("cuda"), {"cpu"}) == "gpu"  # asked for a GPU: it waits for one
-    assert workers.route(_spec("cpu"), {"gpu"}) == "cpu"
+    assert workers.route("auto", {"gpu", "cpu"}) == "gpu"
+    assert workers.route("auto", {"cpu"}) == "cpu"
+    assert workers.route("auto", set()) == "gpu"  # nobody yet: the reaper moves it later
+    assert workers.route("cuda", {"cpu"}) == "gpu"  # asked for a GPU: it waits for one
+    assert workers.route("cpu", {"gpu"}) == "cpu"
 
 
 def _submit(sessions: sessionmaker[Session], device: str = "auto") -> int:
