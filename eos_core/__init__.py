@@ -15,9 +15,9 @@ from .summary import RunSummary
 from .trace import COLUMNS, METRICS
 
 if TYPE_CHECKING:
-    from .training import RunResult, StopTraining, train
+    from .training import RunResult, StopTraining, train, train_slice
 
-_LAZY = {"RunResult", "StopTraining", "train"}
+_LAZY = {"RunResult", "StopTraining", "train", "train_slice"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,5 +43,6 @@ __all__ = [
     "analyze",
     "kappa_b",
     "train",
+    "train_slice",
 ]
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,3 +266,28 @@ def _finite(theta: torch.Tensor) -> bool:
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def train_slice(
+    specs: Sequence[RunSpec],
+    sinks: Sequence[Sink | None] | None = None,
+    progress: Sequence[Progress | None] | None = None,
+    *,
+    datasets: Sequence[Dataset | None] | None = None,
+) -> list[RunResult | Exception]:
+    """Train the runs of one slice (eos_core.slices.slice_key equal) and measure each as if alone.
+
+    One outcome per spec, in order: its RunResult, or the exception that ended it. A run's
+    sink or progress callback raising StopTraining stops that run alone (status `stopped`);
+    any other exception from them ends that run alone, as its outcome. The others go on.
+    """
+    outcomes: list[RunResult | Exception] = []
+    for i, spec in enumerate(specs):
+        sink = sinks[i] if sinks is not None else None
+        report = progress[i] if progress is not None else None
+        data = datasets[i] if datasets is not None else None
+        try:
+            outcomes.append(train(spec, sink, report, dataset=data))
+        except Exception as error:  # one run's failure is its outcome, not the slice's
+            outcomes.append(error)
+    return outcomes
