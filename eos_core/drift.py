@@ -26,6 +26,7 @@ The constants below were chosen on bench/drift_calibration.py's bank of exact an
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from scipy.stats import norm
 from .objective import Objective
 from .sampling import BatchSampler
 from .spec import MAX_EXACT_BATCHES
+from .stack import Stack
 from .verdict import OUTSIDE_S, UNDECIDED, verdict
 
 # Share of the importance proposal that is uniform: bounds every weight by 1 / DEFENSIVE.
@@ -66,45 +68,57 @@ class DriftEstimate:
     first_order: float = math.nan
 
 
-def _regression(y: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Centred float64 Y and C on the CPU and the slope beta = cov(Y, C) / var(C) (0 if C is constant)."""
+def _regression(y: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centred float64 Y and C (rows: runs, columns: draws) and each row's slope cov(Y, C) / var(C).
+
+    The slope is 0 where C is constant."""
     y64, c64 = y.double().cpu(), c.double().cpu()
-    yc, cc = y64 - y64.mean(), c64 - c64.mean()  # centred: the regression is shift invariant
-    s_cc = float((cc * cc).sum())
-    beta = float((yc * cc).sum()) / s_cc if s_cc > 0 else 0.0
+    yc, cc = y64 - y64.mean(dim=-1, keepdim=True), c64 - c64.mean(dim=-1, keepdim=True)  # shift invariant
+    s_cc = (cc * cc).sum(dim=-1)
+    beta = torch.where(s_cc > 0, (yc * cc).sum(dim=-1) / s_cc.clamp_min(1e-300), torch.zeros_like(s_cc))
     return yc, cc, beta
 
 
-def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
-    """Mean of Y with control C of known mean, its jackknife standard error, and both variances.
+def control_variate_means(
+    y: torch.Tensor, c: torch.Tensor, c_mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row (a run's K draws): the mean of Y with control C of known mean, its jackknife
+    standard error, and the variances before and after the control (all float64, shape (R,)).
 
     The coefficient is the regression slope cov(Y, C) / var(C), estimated from the sample.
     The residual Y - beta C is skewed (it is the curvature term, mostly positive), so the
     plain residual standard error is too small at small K; the leave-one-out (jackknife)
     error re-estimates beta each time and is better calibrated.
     """
-    k = y.numel()
-    y_bar, c_bar = float(y.double().mean()), float(c.double().mean())
+    k = y.shape[-1]
+    y_bar, c_bar = y.double().cpu().mean(dim=-1), c.double().cpu().mean(dim=-1)
     if k < 3:
-        return y_bar, float("inf"), float("nan"), float("nan")
+        inf, nan = torch.full_like(y_bar, math.inf), torch.full_like(y_bar, math.nan)
+        return y_bar, inf, nan, nan
     yc, cc, beta = _regression(y, c)
-    shift = c_mean - c_bar
-    estimate = y_bar - beta * (-shift)  # mean(Y) - beta (mean(C) - E[C])
-    raw_var = float(yc.var(unbiased=True))
-    cv_var = float((yc - beta * cc).var(unbiased=True))
+    shift = (c_mean.double().cpu() - c_bar).unsqueeze(-1)
+    estimate = y_bar + beta * shift.squeeze(-1)  # mean(Y) - beta (mean(C) - E[C])
+    raw_var = yc.var(dim=-1, unbiased=True)
+    cv_var = (yc - beta.unsqueeze(-1) * cc).var(dim=-1, unbiased=True)
     # Leave-one-out estimates from the sums, all at once.
     n1 = k - 1
     my, mc = -yc / n1, -cc / n1  # means without point i (of the centred values)
-    sxy = (yc * cc).sum() - yc * cc - n1 * my * mc
-    sxx = (cc * cc).sum() - cc * cc - n1 * mc * mc
+    sxy = (yc * cc).sum(dim=-1, keepdim=True) - yc * cc - n1 * my * mc
+    sxx = (cc * cc).sum(dim=-1, keepdim=True) - cc * cc - n1 * mc * mc
     beta_i = torch.where(sxx > 0, sxy / sxx.clamp_min(1e-300), torch.zeros_like(sxx))
     loo = my - beta_i * (mc - shift)
-    se = math.sqrt(n1 / k * float(((loo - loo.mean()) ** 2).sum()))
+    se = torch.sqrt(n1 / k * ((loo - loo.mean(dim=-1, keepdim=True)) ** 2).sum(dim=-1))
     return estimate, se, raw_var, cv_var
 
 
-def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2.0**-52) -> float:
-    """An error floor for the batches not yet drawn, which the jackknife cannot see.
+def control_variate_mean(y: torch.Tensor, c: torch.Tensor, c_mean: float) -> tuple[float, float, float, float]:
+    """control_variate_means for one run's draws (1-D tensors)."""
+    parts = control_variate_means(y.unsqueeze(0), c.unsqueeze(0), torch.tensor([c_mean], dtype=torch.float64))
+    return tuple(float(p[0]) for p in parts)  # type: ignore[return-value]
+
+
+def unseen_errors(y: torch.Tensor, c: torch.Tensor, c_mean: torch.Tensor, eps: float = 2.0**-52) -> torch.Tensor:
+    """Per row, an error floor for the batches not yet drawn, which the jackknife cannot see.
 
     Two terms: what one more draw as far out as the farthest residual seen would move the
     mean by, and the gap between the regression estimate and the plain beta = 1 one
@@ -115,20 +129,73 @@ def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2
     kink of the saturated loss at all, and the farthest raw deviation stands in for the residual.
     """
     yc, cc, beta = _regression(y, c)
-    residual = yc - beta * cc
-    farthest = float(residual.abs().max())
-    if farthest <= 64 * eps * float(yc.abs().max()):
-        farthest = float(yc.abs().max())
-    extreme = EXTREME_SHARE * farthest / (y.numel() + 1)
+    residual = yc - beta.unsqueeze(-1) * cc
+    farthest = residual.abs().amax(dim=-1)
+    spread = yc.abs().amax(dim=-1)
+    farthest = torch.where(farthest <= 64 * eps * spread, spread, farthest)
+    extreme = EXTREME_SHARE * farthest / (y.shape[-1] + 1)
     # Counted for a good fit (weight rising over R^2 from DEGENERATE_R2 to 1) whose slope is not the Taylor one.
-    r2 = 1.0 - float((residual * residual).sum()) / max(float((yc * yc).sum()), 1e-300)
-    fit = min(1.0, max(0.0, (r2 - DEGENERATE_R2) / (1.0 - DEGENERATE_R2)))
-    degenerate = fit * min(1.0, abs(1.0 - beta) / 0.1)
-    extrapolation = degenerate * abs((1.0 - beta) * (float(c.double().mean()) - c_mean))
-    return math.hypot(extreme, extrapolation)
+    r2 = 1.0 - (residual * residual).sum(dim=-1) / (yc * yc).sum(dim=-1).clamp_min(1e-300)
+    fit = ((r2 - DEGENERATE_R2) / (1.0 - DEGENERATE_R2)).clamp(0.0, 1.0)
+    degenerate = fit * ((1.0 - beta).abs() / 0.1).clamp_max(1.0)
+    c_bar = c.double().cpu().mean(dim=-1)
+    extrapolation = degenerate * ((1.0 - beta) * (c_bar - c_mean.double().cpu())).abs()
+    return torch.hypot(extreme, extrapolation)
+
+
+def unseen_error(y: torch.Tensor, c: torch.Tensor, c_mean: float, eps: float = 2.0**-52) -> float:
+    """unseen_errors for one run's draws (1-D tensors)."""
+    return float(unseen_errors(y.unsqueeze(0), c.unsqueeze(0), torch.tensor([c_mean], dtype=torch.float64), eps)[0])
+
+
+@dataclass(frozen=True)
+class DriftPlan:
+    """How the runs of a slice estimate their drift: one sampler kind, budget and confidence."""
+
+    samples: int  # K drawn first (0 for "exact")
+    max_samples: int
+    confidence: float
+    looks: int
+    level: float
+    z: float
+    importance: bool
+    batches: torch.Tensor | None  # every distinct batch when enumerating, (count, B)
+    weights: torch.Tensor | None  # their weights count * P(b), float64
+
+    @property
+    def exact(self) -> bool:
+        return self.batches is not None
+
+    @classmethod
+    def make(
+        cls,
+        sampler: BatchSampler,
+        samples: int | str,
+        max_samples: int,
+        confidence: float,
+        *,
+        importance: bool = True,
+        enumerate_when_few: bool = True,
+    ) -> DriftPlan:
+        first = int(samples) if isinstance(samples, int) else 0
+        budget = max(max_samples, first)
+        # The sign is checked after every doubling: with L looks, each at the one-sided level
+        # 1 - (1 - confidence) / L, a verdict is wrong with probability at most 1 - confidence
+        # (Bonferroni), where one look at `confidence` each would be wrong up to L times as often.
+        looks = _looks(max(first, 1), budget)
+        level = 1.0 - (1.0 - confidence) / looks
+        count = sampler.distinct_count()
+        # Enumerate when asked, or whenever it costs no more than the sampling budget.
+        few = count is not None and count <= min(budget, MAX_EXACT_BATCHES)
+        batches = weights = None
+        if samples == "exact" or (enumerate_when_few and few):
+            batches, weights = sampler.enumerate_all()
+        return cls(first, budget, confidence, looks, level, float(norm.ppf(level)), importance, batches, weights)
 
 
 class DriftEstimator:
+    """The drift of one run at a time (a slice of one; see estimate_drifts)."""
+
     def __init__(
         self,
         objective: Objective,
@@ -142,116 +209,175 @@ class DriftEstimator:
         enumerate_when_few: bool = True,
     ) -> None:
         self.objective, self.sampler, self.generator = objective, sampler, generator
-        self.confidence = confidence
-        self.samples = int(samples) if isinstance(samples, int) else 0
-        self.max_samples = max(max_samples, self.samples)
-        # The sign is checked after every doubling: with L looks, each at the one-sided level
-        # 1 - (1 - confidence) / L, a verdict is wrong with probability at most 1 - confidence
-        # (Bonferroni), where one look at `confidence` each would be wrong up to L times as often.
-        self.looks = _looks(max(self.samples, 1), self.max_samples)
-        self.level = 1.0 - (1.0 - confidence) / self.looks
-        self.z = float(norm.ppf(self.level))
-        self.importance = importance
-        count = sampler.distinct_count()
-        # Enumerate when asked, or whenever it costs no more than the sampling budget.
-        few = count is not None and count <= min(self.max_samples, MAX_EXACT_BATCHES)
-        self.exact = samples == "exact" or (enumerate_when_few and few)
-        self._all = sampler.enumerate_all() if self.exact else None
-
-    def _evaluate(
-        self, theta: torch.Tensor, batches: torch.Tensor, grad_l: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        device = theta.device
-        g = self.objective.batch_grads(batches.to(device))(theta)  # (K, P)
-        lr = self.objective.lr
-        # L(theta) is evaluated again in the same batched call as the K losses after a step: the
-        # same kernels round the same way, so at tiny losses (1e-9 in float32) their difference
-        # is the drift and not the rounding gap between two differently computed losses.
-        losses = self.objective.eval_losses(torch.cat([theta.unsqueeze(0), theta.unsqueeze(0) - lr * g]))
-        y = losses[1:].double() - losses[0].double()
-        c = -lr * (g.double() @ grad_l.double())  # float64: the products underflow at tiny losses
-        return y, c, g, losses.double()
-
-    def _control_mean(self, theta: torch.Tensor, grad_l: torch.Tensor) -> float:
-        """E_B[-eta <grad L, g_B>] = -eta <grad L_eval, grad L_train> (the same when eval is train)."""
-        grad_train = grad_l if self.objective.eval_is_train else self.objective.train_grad(theta)
-        return -self.objective.lr * float(torch.dot(grad_l.double(), grad_train.double()))
-
-    def _proposal(self, theta: torch.Tensor) -> torch.Tensor:
-        n = self.sampler.n
-        uniform = torch.full((n,), 1.0 / n, dtype=torch.float64)
-        if not self.importance:
-            return uniform
-        scores = self.objective.train_scores(theta).cpu()
-        total = float(scores.sum())
-        if not math.isfinite(total) or total <= 0:
-            return uniform
-        return DEFENSIVE * uniform + (1 - DEFENSIVE) * scores / total
+        self.plan = DriftPlan.make(
+            sampler, samples, max_samples, confidence, importance=importance, enumerate_when_few=enumerate_when_few
+        )
+        self.exact, self.level, self.z = self.plan.exact, self.plan.level, self.plan.z
+        self._stack: Stack | None = None
 
     def __call__(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
         """D(theta) given the evaluation gradient grad_l at theta (the control variate's direction)."""
-        if self._all is not None:
-            return self._enumerate(theta, grad_l)
-        c_mean = self._control_mean(theta, grad_l)
-        proposal = self._proposal(theta)
-        logit_scale = float(self.objective.model.logits(theta, self.objective.x_eval).abs().max())
-        ys, cs, gs, ws, after = [], [], [], [], []
-        start = math.nan
-        drawn, chunk = 0, max(self.samples, 1)
-        while True:
-            batches, weights = self.sampler.draw_weighted(chunk, proposal, self.generator)
-            y, c, g, losses = self._evaluate(theta, batches, grad_l)
-            if not bool(torch.isfinite(y).all()):
-                return _overflowed(y, g, c_mean)  # a step so large the loss after it overflows
-            ys.append(weights * y.cpu())  # the weights live on the CPU, the losses on theta's device
-            cs.append(weights * c.cpu())
-            gs.append(g)
-            ws.append(weights)
-            start = float(losses[0])
-            after.append(losses[1:].cpu())
-            drawn += chunk
-            wy, wc = torch.cat(ys), torch.cat(cs)
-            d, se, raw_var, cv_var = control_variate_mean(wy, wc, c_mean)
-            rounding = _rounding_error(start, torch.cat(after), theta.dtype, logit_scale)
-            floors = (unseen_error(wy, wc, c_mean, torch.finfo(theta.dtype).eps), rounding)
-            se = math.hypot(se, *floors)  # hypot: squares of errors at losses near 1e-160 underflow
-            trusted = drawn >= SKEW_DRAWS * _skewness(wy, wc) ** 2
-            if (abs(d) > self.z * se and trusted) or drawn >= self.max_samples:
-                break
-            if start == 0.0 and not bool(wy.any()):
-                break  # every loss has underflowed to 0: more batches cannot resolve the sign
-            chunk = min(drawn, self.max_samples - drawn)  # double the sample
-        stable_p = _probability_nonpositive(d, se)
-        # A budget spent while the residuals were still too skewed for a normal interval decides nothing.
-        decided = verdict(stable_p, self.level) if trusted else UNDECIDED
-        return DriftEstimate(
-            d,
-            se,
-            drawn,
-            stable_p,
-            False,
-            torch.cat(gs),
-            torch.cat(ws),
-            raw_var,
-            cv_var,
-            drawn + len(ys),
-            decided,
-            c_mean,
-        )
+        if self._stack is None:
+            self._stack = Stack([self.objective])
+        obj = self.objective
+        scale = obj.model.logits(theta, obj.x_eval).abs().max().reshape(1)
+        rows = torch.zeros(1, dtype=torch.long)
+        thetas, grads = theta.unsqueeze(0), grad_l.unsqueeze(0)
+        return estimate_drifts(self._stack, rows, thetas, grads, scale, [self.sampler], [self.generator], self.plan)[0]
 
-    def _enumerate(self, theta: torch.Tensor, grad_l: torch.Tensor) -> DriftEstimate:
-        assert self._all is not None
-        batches, weights = self._all
-        y, _, g, _ = self._evaluate(theta, batches, grad_l)
-        c_mean = self._control_mean(theta, grad_l)
-        if not bool(torch.isfinite(y).all()):
-            return _overflowed(y, g, c_mean)
-        wy = weights * y.cpu()
+
+def _control_means(stack: Stack, rows: torch.Tensor, thetas: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """E_B[-eta <grad L, g_B>] = -eta <grad L_eval, grad L_train> per run (float64, on the CPU)."""
+    train = grads if stack.eval_is_train else stack.train_grads(thetas, rows)
+    return -stack.lr64[rows] * (grads.double() * train.double()).sum(dim=-1).cpu()
+
+
+def _proposals(stack: Stack, rows: torch.Tensor, thetas: torch.Tensor, importance: bool) -> torch.Tensor:
+    """Each run's importance proposal over its n training examples (R', n), float64 on the CPU."""
+    n = stack.x_train.shape[1]
+    uniform = torch.full((len(rows), n), 1.0 / n, dtype=torch.float64)
+    if not importance:
+        return uniform
+    scores = stack.train_scores(thetas, rows).cpu()
+    total = scores.sum(dim=-1, keepdim=True)
+    usable = torch.isfinite(total) & (total > 0)
+    mixed = DEFENSIVE * uniform + (1 - DEFENSIVE) * scores / torch.where(usable, total, torch.ones_like(total))
+    return torch.where(usable, mixed, uniform)
+
+
+def _evaluate(
+    stack: Stack, rows: torch.Tensor, thetas: torch.Tensor, grads: torch.Tensor, batches: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For K batches per run (R', K, B): Y = L(theta - eta g_b) - L(theta), C = -eta <grad L, g_b>
+    (float64, on the CPU, (R', K)), the batch gradients (R', K, P) and the losses (R', 1 + K)."""
+    r, k = batches.shape[:2]
+    items = thetas.unsqueeze(1).expand(r, k, thetas.shape[-1]).reshape(r * k, -1)
+    g, _ = stack.batch_grads(items, rows.repeat_interleave(k), batches.reshape(r * k, -1))
+    g = g.view(r, k, -1)
+    lr = stack.lr[rows.to(stack.lr.device)].view(r, 1, 1)
+    # L(theta) is evaluated again in the same batched call as the K losses after a step: the
+    # same kernels round the same way, so at tiny losses (1e-9 in float32) their difference
+    # is the drift and not the rounding gap between two differently computed losses.
+    losses = stack.eval_losses(torch.cat([thetas.unsqueeze(1), thetas.unsqueeze(1) - lr * g], dim=1), rows).double()
+    losses = losses.cpu()
+    y = losses[:, 1:] - losses[:, :1]
+    # float64: the products underflow at tiny losses
+    c = -stack.lr64[rows].unsqueeze(1) * (g.double() @ grads.double().unsqueeze(-1)).squeeze(-1).cpu()
+    return y, c, g, losses
+
+
+def estimate_drifts(
+    stack: Stack,
+    rows: torch.Tensor,
+    thetas: torch.Tensor,
+    grads: torch.Tensor,
+    logit_scale: torch.Tensor,
+    samplers: Sequence[BatchSampler],
+    generators: Sequence[torch.Generator],
+    plan: DriftPlan,
+) -> list[DriftEstimate]:
+    """D(theta) of each run `rows[i]` at thetas[i] (R', P), given its evaluation gradient grads[i].
+
+    Every run draws its batches from its own generator and sampler, so its estimate is the one
+    it gets alone; the evaluations of all runs at a look are one batched computation.
+    """
+    if plan.exact:
+        return _enumerate(stack, rows, thetas, grads, plan)
+    c_mean = _control_means(stack, rows, thetas, grads)
+    proposal = _proposals(stack, rows, thetas, plan.importance)
+    scales = logit_scale.double().cpu()
+    dtype = thetas.dtype
+    eps = torch.finfo(dtype).eps
+    results: list[DriftEstimate | None] = [None] * len(rows)
+    active = list(range(len(rows)))
+    ys: list[list[torch.Tensor]] = [[] for _ in rows]
+    cs: list[list[torch.Tensor]] = [[] for _ in rows]
+    gs: list[list[torch.Tensor]] = [[] for _ in rows]
+    ws: list[list[torch.Tensor]] = [[] for _ in rows]
+    afters: list[list[torch.Tensor]] = [[] for _ in rows]
+    drawn, chunk, looks = 0, max(plan.samples, 1), 0
+    while active:
+        draws = [samplers[i].draw_weighted(chunk, proposal[i], generators[i]) for i in active]
+        batches = torch.stack([b for b, _ in draws])
+        weights = torch.stack([w for _, w in draws])
+        at = torch.tensor(active)
+        y, c, g, losses = _evaluate(stack, rows[at], thetas[at], grads[at], batches)
+        drawn += chunk
+        looks += 1
+        finite = torch.isfinite(y).all(dim=-1)
+        for j, i in enumerate(active):
+            ys[i].append(weights[j] * y[j])
+            cs[i].append(weights[j] * c[j])
+            gs[i].append(g[j])
+            ws[i].append(weights[j])
+            afters[i].append(losses[j, 1:])
+            if not bool(finite[j]):  # a step so large the loss after it overflows
+                results[i] = _overflowed(y[j], g[j], float(c_mean[i]))
+        active = [i for j, i in enumerate(active) if bool(finite[j])]
+        if not active:
+            break
+        at = torch.tensor(active)
+        wy = torch.stack([torch.cat(ys[i]) for i in active])
+        wc = torch.stack([torch.cat(cs[i]) for i in active])
+        after = torch.stack([torch.cat(afters[i]) for i in active])
+        start = losses[:, 0][finite]
+        d, se, raw_var, cv_var = control_variate_means(wy, wc, c_mean[at])
+        rounding = _rounding_errors(start, after, dtype, scales[at])
+        # hypot: squares of errors at losses near 1e-160 underflow
+        se = torch.hypot(torch.hypot(se, unseen_errors(wy, wc, c_mean[at], eps)), rounding)
+        trusted = drawn >= SKEW_DRAWS * _skewness(wy, wc) ** 2
+        done = (d.abs() > plan.z * se) & trusted
+        if drawn >= plan.max_samples:
+            done[:] = True
+        # every loss has underflowed to 0: more batches cannot resolve the sign
+        done |= (start == 0.0) & ~(wy != 0).any(dim=-1)
+        for j, i in enumerate(active):
+            if not bool(done[j]):
+                continue
+            mean, err = float(d[j]), float(se[j])
+            stable_p = _probability_nonpositive(mean, err)
+            # A budget spent while the residuals were still too skewed for a normal interval decides nothing.
+            decided = verdict(stable_p, plan.level) if bool(trusted[j]) else UNDECIDED
+            results[i] = DriftEstimate(
+                mean,
+                err,
+                drawn,
+                stable_p,
+                False,
+                torch.cat(gs[i]),
+                torch.cat(ws[i]),
+                float(raw_var[j]),
+                float(cv_var[j]),
+                drawn + looks,
+                decided,
+                float(c_mean[i]),
+            )
+        active = [i for j, i in enumerate(active) if not bool(done[j])]
+        chunk = min(drawn, plan.max_samples - drawn)  # double the sample
+    return [r for r in results if r is not None]
+
+
+def _enumerate(
+    stack: Stack, rows: torch.Tensor, thetas: torch.Tensor, grads: torch.Tensor, plan: DriftPlan
+) -> list[DriftEstimate]:
+    assert plan.batches is not None and plan.weights is not None
+    batches, weights = plan.batches, plan.weights
+    count = len(batches)
+    y, _, g, _ = _evaluate(stack, rows, thetas, grads, batches.unsqueeze(0).expand(len(rows), *batches.shape))
+    c_mean = _control_means(stack, rows, thetas, grads)
+    out = []
+    for j in range(len(rows)):
+        if not bool(torch.isfinite(y[j]).all()):
+            out.append(_overflowed(y[j], g[j], float(c_mean[j])))
+            continue
+        wy = weights * y[j]
         d = float(wy.mean())
         var = float(wy.var()) if wy.numel() > 1 else 0.0
         p = 1.0 if d <= 0 else 0.0
-        count = len(batches)
-        return DriftEstimate(d, 0.0, count, p, True, g, weights, var, 0.0, count + 1, verdict(p, 0.5), c_mean)
+        out.append(
+            DriftEstimate(d, 0.0, count, p, True, g[j], weights, var, 0.0, count + 1, verdict(p, 0.5), float(c_mean[j]))
+        )
+    return out
 
 
 def _looks(first: int, budget: int) -> int:
@@ -263,16 +389,19 @@ def _looks(first: int, budget: int) -> int:
     return looks
 
 
-def _skewness(y: torch.Tensor, c: torch.Tensor) -> float:
-    """Sample skewness of the regression residuals Y - beta C."""
+def _skewness(y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per row, the sample skewness of the regression residuals Y - beta C."""
     yc, cc, beta = _regression(y, c)
-    residual = yc - beta * cc
-    m2 = float((residual * residual).mean())
-    return float((residual**3).mean()) / m2**1.5 if m2 > 0 else 0.0
+    residual = yc - beta.unsqueeze(-1) * cc
+    m2 = (residual * residual).mean(dim=-1)
+    m3 = (residual**3).mean(dim=-1)
+    return torch.where(m2 > 0, m3 / m2.clamp_min(1e-300) ** 1.5, torch.zeros_like(m2))
 
 
-def _rounding_error(start: float, after: torch.Tensor, dtype: torch.dtype, logit_scale: float) -> float:
-    """Standard error of the loss differences from the dtype's rounding (it does not average out).
+def _rounding_errors(
+    start: torch.Tensor, after: torch.Tensor, dtype: torch.dtype, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Per run, the standard error of the loss differences from the dtype's rounding (it does not average out).
 
     L(theta) = `start` and the L(theta - eta g_b) = `after` are means of per-example losses.
     A logit difference of size |z| carries an absolute rounding error of about eps |z|, and
@@ -283,7 +412,7 @@ def _rounding_error(start: float, after: torch.Tensor, dtype: torch.dtype, logit
     """
     info = torch.finfo(dtype)
     relative = info.eps * (0.5 + 0.15 * logit_scale)
-    return relative * (abs(start) + float(after.abs().mean())) + info.tiny
+    return relative * (start.abs() + after.abs().mean(dim=-1)) + info.tiny
 
 
 def _overflowed(y: torch.Tensor, grads: torch.Tensor, first_order: float) -> DriftEstimate:

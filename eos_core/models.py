@@ -37,23 +37,34 @@ class FlatModel:
         self.widest = max(math.prod(shape[:-1]) for name, shape in self.shapes if name.startswith("W"))
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: theta[s : s + size].view(shape) for name, s, size, shape in self._offsets}
+        """Named parameter views; a stack of vectors (..., P) gives stacks (..., *shape)."""
+        lead = theta.shape[:-1]
+        return {name: theta[..., s : s + size].view(*lead, *shape) for name, s, size, shape in self._offsets}
 
     def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        p = self.unflatten(theta)
+        """Logits (..., n, k) of inputs x (..., n, d) under parameters theta (..., P).
+
+        Leading dimensions broadcast: one vector with one input set, or a stack of runs (R, P)
+        with their own inputs (R, n, d) or one shared set (n, d).
+        """
+        return self.forward(self.unflatten(theta), x)
+
+    def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits from named parameters (as unflatten gives them; leaves of their own for autograd)."""
         if self.kind == "linear":
-            return x @ p["W"].T  # (n, d) @ (d, k)
+            return apply_weights(x, p["W"])  # (..., n, k)
         if self.kind == "two_layer":
             assert self.activation is not None and self.signs is not None
-            w = p["W"]  # (k, m, d)
-            k, m, d = w.shape
-            pre = (x @ w.reshape(k * m, d).T).view(-1, k, m)  # (n, k, m)
-            return self.activation(pre) @ self.signs.to(pre) / m  # (n, k)
+            w = p["W"]  # (..., k, m, d)
+            k, m, d = w.shape[-3:]
+            flat = apply_weights(x, w.reshape(*w.shape[:-3], k * m, d))  # (..., n, k m)
+            pre = flat.reshape(*flat.shape[:-1], k, m)
+            return self.activation(pre) @ self.signs.to(pre) / m  # (..., n, k)
         assert self.activation is not None
         h = x
         depth = len(self.shapes) // 2
         for i in range(depth):
-            h = h @ p[f"W{i}"].T + p[f"b{i}"]
+            h = apply_weights(h, p[f"W{i}"]) + p[f"b{i}"].unsqueeze(-2)
             if i < depth - 1:
                 h = self.activation(h)
         return h
@@ -75,6 +86,20 @@ class FlatModel:
                 w = torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
                 parts.append(w.to(dtype))
         return torch.cat([t.reshape(-1) for t in parts])
+
+
+def apply_weights(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w^T with broadcast leading dimensions: x (..., n, d), w (..., o, d) -> (..., n, o).
+
+    Inputs shared by a stack of weights (x's leading dimensions all 1) are multiplied by every
+    weight matrix in one product: a broadcast batched product would first copy x per matrix.
+    """
+    lead = w.shape[:-2]
+    if lead and all(size == 1 for size in x.shape[:-2]) and x.dim() - 2 <= len(lead):
+        o, d = w.shape[-2:]
+        out = x.reshape(-1, d) @ w.reshape(-1, d).transpose(0, 1)  # (n, L o)
+        return out.view(out.shape[0], *lead, o).movedim(0, -2)
+    return x @ w.transpose(-1, -2)
 
 
 def build_model(spec: ModelSpec, in_dim: int, classes: int) -> FlatModel:

@@ -66,12 +66,22 @@ def envelope_slope(t: np.ndarray, loss: np.ndarray) -> tuple[float, list[float] 
     members = [m for m in members if len(m)]
     if len(members) < 3:
         return slope, None
-    rng = np.random.default_rng(0)
-    draws = []
-    for _ in range(RATE_RESAMPLES):
-        pick = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        if np.ptp(x[pick]) > 0:
-            draws.append(_slope(x[pick], y[pick]))
+    # All resamples at once: resample r counts block b picks[r] == b times, and each point of
+    # block b enters its least-squares fit with that weight (the same slope as the concatenation).
+    picks = np.random.default_rng(0).integers(0, len(members), (RATE_RESAMPLES, len(members)))
+    counts = (picks[:, :, None] == np.arange(len(members))).sum(axis=1)  # (resamples, blocks)
+    owner = np.empty(len(x), dtype=np.int64)
+    used = np.zeros(len(x), dtype=bool)
+    for b, m in enumerate(members):
+        owner[m], used[m] = b, True
+    xs, ys, w = x[used], y[used], counts[:, owner[used]].astype(np.float64)  # (resamples, points)
+    total = w.sum(axis=1, keepdims=True)
+    xc = xs - (w * xs).sum(axis=1, keepdims=True) / total
+    yc = ys - (w * ys).sum(axis=1, keepdims=True) / total
+    sxx = (w * xc * xc).sum(axis=1)
+    spread = np.where(w > 0, xs, np.nan)
+    moving = np.nanmax(spread, axis=1) > np.nanmin(spread, axis=1)  # the picked points span some log t
+    draws = ((w * xc * yc).sum(axis=1)[moving] / sxx[moving]).tolist()
     a = (1 - LEVEL) / 2
     return slope, [float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))]
 

@@ -22,9 +22,16 @@ class BatchSampler:
 
     def next(self) -> torch.Tensor:
         """Indices of the next training batch, shape (B,), on the CPU."""
+        return self.block(1)[0]
+
+    def block(self, steps: int) -> torch.Tensor:
+        """The next `steps` training batches, (steps, B): the same stream as `steps` calls of next()."""
+        if self.kind == "with_replacement":  # one draw of (steps, B) is `steps` draws of (B,) in turn
+            return torch.randint(self.n, (steps, self.batch_size), generator=self.generator)
+        return torch.stack([self._one() for _ in range(steps)])
+
+    def _one(self) -> torch.Tensor:
         n, b = self.n, self.batch_size
-        if self.kind == "with_replacement":
-            return torch.randint(n, (b,), generator=self.generator)
         if self.kind == "without_replacement":
             return torch.randperm(n, generator=self.generator)[:b]
         # reshuffle: consecutive slices of one permutation per epoch; the remainder is dropped.

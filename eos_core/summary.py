@@ -75,6 +75,9 @@ class RunTiming(_Record):
     loop_seconds: Num = Field(None, description="seconds in the SGD loop, measurements included")
     measure_seconds: Num = Field(None, description="seconds of the loop spent measuring")
     seconds_per_step: Num = Field(None, description="loop_seconds / steps")
+    slice_runs: int | None = Field(
+        None, description="runs trained together as one stacked computation (1: alone); the loop's seconds are theirs"
+    )
 
 
 class EdgeSummary(_Record):

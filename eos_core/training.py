@@ -1,4 +1,14 @@
-"""The instrumented SGD loop: `train(spec, sink=None, progress=None) -> RunResult`."""
+"""The instrumented SGD loop: `train(spec) -> RunResult`, and `train_slice(specs)` for a sweep slice.
+
+A slice is R runs trained as one stacked computation (eos_core.stack): parameters (R, P),
+each run with its own batches, random streams and trace. A run alone is a slice of one, so
+there is one loop. The hot loop does no host synchronisation and no per-run Python: the
+training batches are drawn BLOCK steps ahead, the loss's backward is in closed form, and
+finiteness is checked every CHECK_EVERY steps and at recorded steps; when a run is found
+non-finite, the steps since the last check are replayed (the same computation, so the same
+bits) to find the exact step it diverged at. A diverged, stopped or failed run leaves the
+stack at the next check and the others go on.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,12 +24,14 @@ import torch
 
 from .analysis import analyze
 from .data import Dataset, load_dataset
-from .drift import DriftEstimate, DriftEstimator
+from .drift import DriftEstimate, DriftPlan, estimate_drifts
 from .models import build_model
 from .objective import Objective
 from .sampling import BatchSampler
 from .sharpness import SharpnessTracker
+from .slices import slice_key
 from .spec import RunSpec
+from .stack import Stack
 from .summary import RunSummary
 from .trace import Sink, Trace, TraceRecorder
 
@@ -92,67 +105,241 @@ def _instrument_streams(measure_seed: int) -> dict[str, torch.Generator]:
     return {name: _gen(int(c) & 0x7FFF_FFFF_FFFF_FFFF) for name, c in zip(names, children, strict=True)}
 
 
-class _Instruments:
-    """Everything measured at a recorded step; each instrument draws from its own stream."""
+# Training batches drawn ahead per run, and steps between finiteness checks when none is recorded.
+BLOCK = 256
+CHECK_EVERY = 32
 
-    def __init__(self, spec: RunSpec, objective: Objective, sampler: BatchSampler, measure_seed: int) -> None:
-        ins = spec.instrument
-        self.spec, self.objective = spec, objective
-        self.streams = _instrument_streams(measure_seed)
-        self.drift = (
-            DriftEstimator(
-                objective, sampler, self.streams["drift"], ins.drift_samples, ins.drift_max_samples, ins.confidence
-            )
+
+@dataclass
+class _Run:
+    """One run of a slice: its spec, data, streams and trace, and how it ended."""
+
+    spec: RunSpec
+    data: Dataset
+    objective: Objective
+    sampler: BatchSampler
+    streams: dict[str, torch.Generator]
+    recorder: TraceRecorder
+    theta0: torch.Tensor
+    setup_seconds: float
+    sink: Sink | None = None
+    progress: Progress | None = None
+    sharpness: SharpnessTracker | None = None
+    status: str = "running"
+    error: Exception | None = None
+    theta: torch.Tensor | None = None  # the last finite parameters, once it has ended
+    measure_seconds: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def end(self, status: str, error: Exception | None = None) -> None:
+        if self.running:
+            self.status, self.error = status, error
+
+    def guarded(self, action: Callable[[], object]) -> None:
+        """Call the run's sink or progress: a stop or an error there ends this run alone."""
+        try:
+            action()
+        except StopTraining:
+            self.end("stopped")
+        except Exception as error:
+            self.end("failed", error)
+
+
+def _prepare(
+    spec: RunSpec,
+    dataset: Dataset | None,
+    device: torch.device,
+    sink: Sink | None,
+    progress: Progress | None,
+    loaded: dict[tuple[str, int], Dataset],
+) -> _Run:
+    started = time.perf_counter()
+    init_seed, train_seed, measure_seed, eval_seed = _seeds(spec.seed)
+    if dataset is None:
+        # Runs that draw the same data (a fixed data_seed, or a file dataset) load it once.
+        key = (
+            spec.dataset.model_dump_json(),
+            spec.dataset.data_seed if spec.dataset.data_seed is not None else spec.seed,
+        )
+        if key not in loaded:
+            loaded[key] = load_dataset(spec.dataset, spec.seed)
+        dataset = loaded[key]
+    objective = build_objective(spec, dataset, device, eval_seed)
+    sampler = BatchSampler(len(dataset.x_train), spec.optimizer.batch_size, spec.optimizer.sampler, _gen(train_seed))
+    streams = _instrument_streams(measure_seed)
+    ins = spec.instrument
+    tracker = (
+        SharpnessTracker(ins.sharpness_tol, ins.sharpness_max_iter, streams["sharpness"])
+        if ins.sharpness_every
+        else None
+    )
+    theta = objective.model.init(_gen(init_seed), objective.x_train.dtype).to(device)
+    recorder = TraceRecorder(spec.optimizer.steps // ins.every + 3, ins.chunk_rows, sink)
+    run = _Run(spec, dataset, objective, sampler, streams, recorder, theta, 0.0, sink, progress, tracker)
+    run.setup_seconds = time.perf_counter() - started
+    return run
+
+
+class _Slice:
+    """The runs of a slice and the stack of their live parameters."""
+
+    def __init__(self, runs: list[_Run]) -> None:
+        self.runs = runs
+        self.stack = Stack([r.objective for r in runs])
+        self.spec = runs[0].spec
+        ins = self.spec.instrument
+        self.drift_plan = (
+            DriftPlan.make(runs[0].sampler, ins.drift_samples, ins.drift_max_samples, ins.confidence)
             if ins.drift_samples != 0
             else None
         )
-        self.sharpness = (
-            SharpnessTracker(ins.sharpness_tol, ins.sharpness_max_iter, self.streams["sharpness"])
-            if ins.sharpness_every
-            else None
-        )
-        self.sampler = sampler
-        self.seconds = 0.0
+        self.live = list(range(len(runs)))  # positions in `runs` of the rows of `thetas`
+        self.rows = torch.arange(len(runs))
+        self.thetas = torch.stack([r.theta0 for r in runs])
+        self.lr = self.stack.lr.unsqueeze(1)
+        self.snapshot = self.thetas.clone()
+        self.snapshot_step = 0
+        self.since_snapshot: list[torch.Tensor] = []
+        self.block = torch.empty(0)
+        self.block_start = 0
 
-    def measure(self, step: int, theta: torch.Tensor, final: bool = False) -> dict[str, float]:
+    # --- the training step ----------------------------------------------------------------
+    def batches(self, t: int, steps: int) -> torch.Tensor:
+        """The live runs' batches at step t, (R', B), from blocks drawn ahead."""
+        if t - self.block_start >= self.block.shape[1] if self.block.numel() else True:
+            count = min(BLOCK, steps - t)
+            self.block = torch.stack([self.runs[i].sampler.block(count) for i in self.live])
+            self.block_start = t
+        return self.block[:, t - self.block_start]
+
+    def step(self, t: int, steps: int, recorded: list[int] | None) -> None:
+        """One SGD update of every live run; with the batch loss and gradient norm of the recorded rows."""
+        idx = self.batches(t, steps)
+        g, batch_loss = self.stack.batch_grads(self.thetas, self.rows, idx, with_loss=recorded is not None)
+        if recorded is not None and batch_loss is not None:
+            norms = torch.linalg.vector_norm(g, dim=1, dtype=torch.float64).cpu().numpy()
+            losses = batch_loss.double().cpu().numpy()
+            for j, row in enumerate(recorded):
+                run = self.runs[self.live[j]]
+                if run.running and row >= 0:
+                    run.recorder.set(row, batch_loss=losses[j], batch_grad_norm=norms[j])
+        self.thetas = self.thetas - self.lr * g
+        self.since_snapshot.append(idx)
+
+    # --- finiteness, divergence and leaving the stack ----------------------------------------
+    def check(self, t: int) -> None:
+        """Find runs whose parameters are no longer finite, end them at the exact step, drop ended runs."""
+        sums = self.thetas.sum(dim=1)
+        suspect = ~torch.isfinite(sums)
+        if bool(suspect.any()):  # a finite vector can overflow its sum: look closer before replaying
+            suspect &= ~torch.isfinite(self.thetas).all(dim=1)
+            if bool(suspect.any()):
+                self._replay(suspect)
+        keep = [j for j, i in enumerate(self.live) if self.runs[i].running]
+        for j, i in enumerate(self.live):
+            if not self.runs[i].running and self.runs[i].theta is None:
+                self.runs[i].theta = self.thetas[j].detach()
+        if len(keep) < len(self.live):
+            at = torch.tensor(keep, dtype=torch.long)
+            self.live = [self.live[j] for j in keep]
+            self.thetas, self.rows, self.lr = self.thetas[at], self.rows[at], self.lr[at]
+            if self.block.numel():
+                self.block = self.block[at]
+        self.snapshot, self.snapshot_step, self.since_snapshot = self.thetas.clone(), t, []
+
+    def _replay(self, suspect: torch.Tensor) -> None:
+        """Redo the steps since the last check (the same computation: the same bits) to find where
+        each suspect run first left the finite numbers; record that step and keep its last finite iterate."""
+        thetas = self.snapshot.clone()
+        found = torch.zeros_like(suspect)
+        for s, idx in enumerate(self.since_snapshot):
+            g, _ = self.stack.batch_grads(thetas, self.rows, idx)
+            after = thetas - self.lr * g
+            bad = ~torch.isfinite(after).all(dim=1) & suspect & ~found
+            for j in torch.nonzero(bad).flatten().tolist():
+                run = self.runs[self.live[j]]
+                if run.running:
+                    run.recorder.set(
+                        run.recorder.new_row(self.snapshot_step + s + 1), param_norm=math.inf, loss=math.inf
+                    )
+                    run.end("diverged")
+                    run.theta = thetas[j].detach().clone()
+            found |= bad
+            thetas = after
+
+    # --- measuring -----------------------------------------------------------------------------
+    def measure(self, t: int, final: bool) -> list[int]:
+        """Record a row for every live run at step t; returns each live run's row (-1: ended)."""
         started = time.perf_counter()
-        ins, obj, lr = self.spec.instrument, self.objective, self.objective.lr
-        state = obj.eval_state(theta)
-        loss = float(state["loss"])
+        ins, stack, rows, thetas = self.spec.instrument, self.stack, self.rows, self.thetas
+        state = stack.eval_state(thetas, rows)
         grad64 = state["grad"].double()  # float64: squares of float32 values can overflow
-        grad_sq = float(torch.dot(grad64, grad64))
-        row = {
-            "loss": loss,
-            "acc": float(state["acc"]),
-            "grad_norm": math.sqrt(grad_sq),
-            "margin": float(state["margin"]),
-            "param_norm": float(torch.linalg.vector_norm(theta, dtype=torch.float64)),
-            "eta_loss": lr * loss,
+        grad_sq = (grad64 * grad64).sum(dim=1).cpu().numpy()
+        values: dict[str, np.ndarray] = {
+            "loss": state["loss"].double().cpu().numpy(),
+            "acc": state["acc"].double().cpu().numpy(),
+            "margin": state["margin"].double().cpu().numpy(),
+            "param_norm": torch.linalg.vector_norm(thetas, dim=1, dtype=torch.float64).cpu().numpy(),
         }
-        estimate: DriftEstimate | None = None
-        if self.drift is not None and math.isfinite(loss) and step % ins.drift_every == 0:
-            estimate = self.drift(theta, state["grad"])
-            row.update(
-                drift=estimate.drift,
-                drift_se=estimate.se,
-                drift_samples_used=estimate.samples,
-                rel_drift=estimate.drift / (lr * grad_sq) if grad_sq > 0 else math.nan,
-                stable_p=estimate.stable_p,
-                stable=estimate.verdict,
+        values["grad_norm"] = np.sqrt(grad_sq)
+        values["eta_loss"] = self.stack.lr64[rows].numpy() * values["loss"]
+        finite = np.isfinite(values["loss"])
+        per_run: list[dict[str, float]] = [{name: float(v[j]) for name, v in values.items()} for j in range(len(rows))]
+        estimates: list[DriftEstimate | None] = [None] * len(rows)
+        if self.drift_plan is not None and t % ins.drift_every == 0 and finite.any():
+            at = torch.tensor(np.flatnonzero(finite), dtype=torch.long)
+            drifts = estimate_drifts(
+                stack,
+                rows[at],
+                thetas[at],
+                state["grad"][at],
+                state["logit_scale"][at],
+                [self.runs[self.live[j]].sampler for j in at.tolist()],
+                [self.runs[self.live[j]].streams["drift"] for j in at.tolist()],
+                self.drift_plan,
             )
-        if self.sharpness is not None and math.isfinite(loss) and step % ins.sharpness_every == 0:
-            row.update(self._curvature(theta, estimate))
-        if ins.test_every and (step % ins.test_every == 0 or final) and len(obj.x_test):
-            test_loss, test_acc = obj.test_state(theta)
-            row.update(test_loss=float(test_loss), test_acc=float(test_acc))
-        self.seconds += time.perf_counter() - started
-        return row
+            for j, estimate in zip(at.tolist(), drifts, strict=True):
+                estimates[j] = estimate
+                per_run[j].update(
+                    drift=estimate.drift,
+                    drift_se=estimate.se,
+                    drift_samples_used=estimate.samples,
+                    rel_drift=estimate.drift / (self.runs[self.live[j]].objective.lr * grad_sq[j])
+                    if grad_sq[j] > 0
+                    else math.nan,
+                    stable_p=estimate.stable_p,
+                    stable=estimate.verdict,
+                )
+        if ins.sharpness_every and t % ins.sharpness_every == 0:
+            for j in np.flatnonzero(finite).tolist():
+                per_run[j].update(self._curvature(self.runs[self.live[j]], thetas[j], estimates[j]))
+        if ins.test_every and (t % ins.test_every == 0 or final) and stack.x_test.shape[1]:
+            test_loss, test_acc = stack.test_state(thetas, rows)
+            for j, (tl, ta) in enumerate(zip(test_loss.double().tolist(), test_acc.double().tolist(), strict=True)):
+                per_run[j].update(test_loss=tl, test_acc=ta)
+        out = []
+        share = (time.perf_counter() - started) / max(1, len(rows))
+        for j, i in enumerate(self.live):
+            run = self.runs[i]
+            run.measure_seconds += share
+            if not run.running:
+                out.append(-1)
+                continue
+            row = run.recorder.new_row(t)
+            run.recorder.set(row, **per_run[j])
+            out.append(row)
+            if not finite[j]:
+                run.end("diverged")  # the guarded loss overflowed: logits beyond the dtype
+        return out
 
-    def _curvature(self, theta: torch.Tensor, estimate: DriftEstimate | None) -> dict[str, float]:
-        assert self.sharpness is not None
-        obj, lr = self.objective, self.objective.lr
-        pair = self.sharpness(obj.eval_hvp(theta), theta)
-        batches = self.sampler.draw(self.spec.instrument.batch_sharpness_samples, self.streams["batch_sharpness"])
+    def _curvature(self, run: _Run, theta: torch.Tensor, estimate: DriftEstimate | None) -> dict[str, float]:
+        assert run.sharpness is not None
+        obj, lr, ins = run.objective, run.objective.lr, run.spec.instrument
+        pair = run.sharpness(obj.eval_hvp(theta), theta)
+        batches = run.sampler.draw(ins.batch_sharpness_samples, run.streams["batch_sharpness"])
         terms = obj.batch_sharpness_terms(theta, batches.to(theta.device))
         row = {
             "sharpness": pair.value,
@@ -164,11 +351,119 @@ class _Instruments:
             # E_B[g_B^T H g_B] as mean(w * form) over the drift's batches (weights: importance or enumeration).
             grads, weights = estimate.batch_grads, estimate.batch_weights
             if len(grads) > QUAD_DRIFT_MAX_BATCHES:
-                pick = torch.randperm(len(grads), generator=self.streams["quad_drift"])[:QUAD_DRIFT_MAX_BATCHES]
+                pick = torch.randperm(len(grads), generator=run.streams["quad_drift"])[:QUAD_DRIFT_MAX_BATCHES]
                 grads, weights = grads[pick.to(grads.device)], weights[pick]
             forms = obj.eval_quadratic_forms(theta, grads)
             row["quad_drift"] = estimate.first_order + 0.5 * lr * lr * float((weights * forms.cpu()).mean())
         return row
+
+
+def _loop(sl: _Slice, steps: int) -> None:
+    every = sl.spec.instrument.every
+    # Often enough that a worker's heartbeat never waits on a long run's cadence.
+    report_every = max(1, min(steps // 200, 50))
+    for t in range(steps + 1):
+        recorded = t % every == 0 or t == steps
+        if recorded or t % CHECK_EVERY == 0:
+            sl.check(t)
+            if not sl.live:
+                return
+        rows = sl.measure(t, final=t == steps) if recorded else None
+        if t == steps:
+            return
+        sl.step(t, steps, rows)
+        due = (t + 1) % report_every == 0
+        if rows is None and not due:
+            continue  # the hot path: nothing for the sinks or the progress callbacks
+        for i in sl.live:
+            run = sl.runs[i]
+            if run.running and rows is not None:
+                run.guarded(run.recorder.flush)
+            if run.running and run.progress is not None and due:
+                run.guarded(partial(run.progress, t + 1, steps))
+
+
+def train_slice(
+    specs: Sequence[RunSpec],
+    sinks: Sequence[Sink | None] | None = None,
+    progress: Sequence[Progress | None] | None = None,
+    *,
+    datasets: Sequence[Dataset | None] | None = None,
+) -> list[RunResult | Exception]:
+    """Train the runs of one slice (eos_core.slices.slice_key equal) and measure each as if alone.
+
+    One outcome per spec, in order: its RunResult, or the exception that ended it. A run's
+    sink or progress callback raising StopTraining stops that run alone (status `stopped`,
+    every row kept, including those not yet handed to the sink); any other exception from
+    them ends that run alone, as its outcome. The others go on.
+    """
+    if not specs:
+        return []
+    keys = {slice_key(spec) for spec in specs}
+    if len(keys) > 1:
+        raise ValueError("train_slice: the specs differ in more than their name, seed and step size")
+    started = time.perf_counter()
+    device = resolve_device(specs[0].device)
+    loaded: dict[tuple[str, int], Dataset] = {}
+    runs = [
+        _prepare(
+            spec,
+            datasets[i] if datasets is not None else None,
+            device,
+            sinks[i] if sinks is not None else None,
+            progress[i] if progress is not None else None,
+            loaded,
+        )
+        for i, spec in enumerate(specs)
+    ]
+    sl = _Slice(runs)
+    shared_setup = time.perf_counter() - started - sum(r.setup_seconds for r in runs)
+    steps = specs[0].optimizer.steps
+    loop_started = time.perf_counter()
+    _loop(sl, steps)
+    sl.check(steps)  # the runs that ended at the last step leave with their iterates
+    for j, i in enumerate(sl.live):
+        runs[i].end("completed")
+        runs[i].theta = sl.thetas[j].detach()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    loop_seconds = time.perf_counter() - loop_started
+    outcomes: list[RunResult | Exception] = []
+    for run in runs:
+        if run.status == "completed":
+            if run.progress is not None:
+                run.guarded(partial(run.progress, steps, steps))
+            run.guarded(partial(run.recorder.flush, force=True))
+        if run.error is not None:
+            outcomes.append(run.error)
+            continue
+        setup = run.setup_seconds + shared_setup / len(runs)
+        outcomes.append(_result(run, device, setup, loop_seconds, len(runs)))
+    return outcomes
+
+
+def _result(run: _Run, device: torch.device, setup: float, loop_seconds: float, slice_runs: int) -> RunResult:
+    spec, objective = run.spec, run.objective
+    trace = run.recorder.result()
+    assert run.theta is not None
+    summary = RunSummary.model_validate(
+        {
+            **analyze(trace, spec, run.data.info),
+            "status": run.status,
+            "device": str(device),
+            "lr_effective": objective.lr,
+            "lr_scaling": "width" if spec.uses_width_scaling else "none",
+            "n_params": objective.model.n_params,
+            "timing": {
+                "setup_seconds": setup,
+                "loop_seconds": loop_seconds,
+                "measure_seconds": run.measure_seconds,
+                "seconds_per_step": loop_seconds / max(1, spec.optimizer.steps),
+                "slice_runs": slice_runs,
+            },
+        }
+    )
+    return RunResult(spec, trace, summary, run.data.info, run.theta.detach().cpu().numpy())
 
 
 def train(
@@ -183,111 +478,13 @@ def train(
     A run whose iterate stops being finite ends as `diverged`, keeping what was measured.
     A sink or progress callback may raise `StopTraining` to end the run as `stopped`; the
     result then holds every row recorded, including those not yet handed to the sink.
+    Any other exception they raise propagates.
     """
-    started = time.perf_counter()
-    device = resolve_device(spec.device)
-    init_seed, train_seed, measure_seed, eval_seed = _seeds(spec.seed)
-    data = dataset if dataset is not None else load_dataset(spec.dataset, spec.seed)
-    objective = build_objective(spec, data, device, eval_seed)
-    sampler = BatchSampler(len(data.x_train), spec.optimizer.batch_size, spec.optimizer.sampler, _gen(train_seed))
-    instruments = _Instruments(spec, objective, sampler, measure_seed)
-    theta = objective.model.init(_gen(init_seed), objective.x_train.dtype).to(device)
-    setup_seconds = time.perf_counter() - started
-
-    steps, every = spec.optimizer.steps, spec.instrument.every
-    recorder = TraceRecorder(steps // every + 3, spec.instrument.chunk_rows, sink)
-    status, lr = "completed", objective.lr
-    # Often enough that a worker's heartbeat never waits on a long run's cadence.
-    report_every = max(1, min(steps // 200, 50))
-    loop_started = time.perf_counter()
-    try:
-        for t in range(steps + 1):
-            idx = sampler.next() if t < steps else None
-            row = -1
-            if t % every == 0 or t == steps:
-                row = recorder.new_row(t)
-                values = instruments.measure(t, theta, final=t == steps)
-                recorder.set(row, **values)
-                if not math.isfinite(values["loss"]):
-                    status = "diverged"  # the guarded loss overflowed: logits beyond the dtype
-                    break
-            if idx is None:
-                break
-            g, batch_loss = objective.batch_grad_and_loss(theta, idx.to(device))
-            if row >= 0:
-                recorder.set(
-                    row,
-                    batch_loss=float(batch_loss),
-                    batch_grad_norm=float(torch.linalg.vector_norm(g, dtype=torch.float64)),
-                )
-            theta_next = theta - lr * g
-            if not _finite(theta_next):
-                status = "diverged"
-                recorder.set(recorder.new_row(t + 1), param_norm=math.inf, loss=math.inf)
-                break
-            theta = theta_next
-            recorder.flush()
-            if progress is not None and (t + 1) % report_every == 0:
-                progress(t + 1, steps)
-        if progress is not None and status == "completed":
-            progress(steps, steps)
-        recorder.flush(force=True)
-    except StopTraining:
-        # Every row recorded so far is complete (a stop is raised between steps) and kept:
-        # the result holds them all, and the caller stores those the sink has not yet received.
-        status = "stopped"
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    loop_seconds = time.perf_counter() - loop_started
-    trace = recorder.result()
-    summary = RunSummary.model_validate(
-        {
-            **analyze(trace, spec, data.info),
-            "status": status,
-            "device": str(device),
-            "lr_effective": lr,
-            "lr_scaling": "width" if spec.uses_width_scaling else "none",
-            "n_params": objective.model.n_params,
-            "timing": {
-                "setup_seconds": setup_seconds,
-                "loop_seconds": loop_seconds,
-                "measure_seconds": instruments.seconds,
-                "seconds_per_step": loop_seconds / max(1, steps),
-            },
-        }
-    )
-    return RunResult(spec, trace, summary, data.info, theta.detach().cpu().numpy())
-
-
-def _finite(theta: torch.Tensor) -> bool:
-    """All entries finite? The sum is one cheap reduction; only if it overflows look closer."""
-    return bool(torch.isfinite(theta.sum())) or bool(torch.isfinite(theta).all())
+    (outcome,) = train_slice([spec], [sink], [progress], datasets=[dataset])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def train_slice(
-    specs: Sequence[RunSpec],
-    sinks: Sequence[Sink | None] | None = None,
-    progress: Sequence[Progress | None] | None = None,
-    *,
-    datasets: Sequence[Dataset | None] | None = None,
-) -> list[RunResult | Exception]:
-    """Train the runs of one slice (eos_core.slices.slice_key equal) and measure each as if alone.
-
-    One outcome per spec, in order: its RunResult, or the exception that ended it. A run's
-    sink or progress callback raising StopTraining stops that run alone (status `stopped`);
-    any other exception from them ends that run alone, as its outcome. The others go on.
-    """
-    outcomes: list[RunResult | Exception] = []
-    for i, spec in enumerate(specs):
-        sink = sinks[i] if sinks is not None else None
-        report = progress[i] if progress is not None else None
-        data = datasets[i] if datasets is not None else None
-        try:
-            outcomes.append(train(spec, sink, report, dataset=data))
-        except Exception as error:  # one run's failure is its outcome, not the slice's
-            outcomes.append(error)
-    return outcomes

@@ -1,0 +1,156 @@
+"""The objectives of R runs as one stacked computation (a sweep slice; R = 1 for a run alone).
+
+Parameters are a stack (R, P). The runs share one model shape; their data are held once
+when every run has the same tensors (a leading dimension of 1 that broadcasts) and stacked
+(R, n, d) when they differ (a seed that also draws the data, an evaluation subset). Every
+function here is a batch of independent per-run computations: no value of one run enters
+another's, so a run's numbers are those it has alone, up to the rounding of batched kernels.
+
+The loss's backward is written in closed form (loss.logit_gradient): for the linear model
+the whole gradient is two batched matrix products, with no autograd graph at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .loss import logit_gradient, margins, per_sample_loss_value
+from .objective import VMAP_BUDGET, Objective
+
+
+def _shared_or_stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(1, ...) when every run holds equal values, else (R, ...)."""
+    first = tensors[0]
+    if all(t is first or (t.shape == first.shape and torch.equal(t, first)) for t in tensors[1:]):
+        return first.unsqueeze(0)
+    return torch.stack(list(tensors))
+
+
+class Stack:
+    """Losses, gradients and measurements of R runs at once. `rows` name the runs (0..R-1)."""
+
+    def __init__(self, objectives: Sequence[Objective]) -> None:
+        first = objectives[0]
+        self.objectives = list(objectives)
+        self.model = first.model
+        self.linear = first.model.kind == "linear"
+        self.x_train = _shared_or_stacked([o.x_train for o in objectives])
+        self.y_train = _shared_or_stacked([o.y_train for o in objectives])
+        self.x_eval = _shared_or_stacked([o.x_eval for o in objectives])
+        self.y_eval = _shared_or_stacked([o.y_eval for o in objectives])
+        self.x_test = _shared_or_stacked([o.x_test for o in objectives])
+        self.y_test = _shared_or_stacked([o.y_test for o in objectives])
+        self.eval_is_train = all(o.eval_is_train for o in objectives)
+        self.lr64 = torch.tensor([o.lr for o in objectives], dtype=torch.float64)
+        self.lr = self.lr64.to(device=first.x_train.device, dtype=first.x_train.dtype)
+        self.batch_size = 0
+
+    # --- data of some runs -------------------------------------------------------------
+    @staticmethod
+    def _of(data: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The runs' own data (R', ...), or the shared tensor (1, ...)."""
+        return data if data.shape[0] == 1 else data[rows.to(data.device)]
+
+    def _batch(self, rows: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (M, B, d) and labels (M, B) of batch idx[i] (M, B) of run rows[i]."""
+        idx = idx.to(self.x_train.device)
+        if self.x_train.shape[0] == 1:
+            return self.x_train[0][idx], self.y_train[0][idx]
+        run = rows.to(self.x_train.device).unsqueeze(-1)
+        return self.x_train[run, idx], self.y_train[run, idx]
+
+    def _chunk(self, rows_per_item: int) -> int:
+        return max(1, VMAP_BUDGET // max(1, rows_per_item * self.model.widest * 4))
+
+    # --- gradients ---------------------------------------------------------------------
+    def batch_grads(
+        self, thetas: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, with_loss: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """g_b (M, P) of batch idx[i] at thetas[i] for run rows[i]; with the batch losses (M,) if asked."""
+        if len(thetas) > self._chunk(idx.shape[-1]):
+            step = self._chunk(idx.shape[-1])
+            parts = [
+                self.batch_grads(thetas[i : i + step], rows[i : i + step], idx[i : i + step], with_loss)
+                for i in range(0, len(thetas), step)
+            ]
+            losses = [p[1] for p in parts]
+            return torch.cat([p[0] for p in parts]), torch.cat(losses) if with_loss else None  # type: ignore[arg-type]
+        x, y = self._batch(rows, idx)
+        grads, logits = self._grads(thetas, x, y)
+        loss = per_sample_loss_value(logits, y).mean(dim=-1) if with_loss else None
+        return grads, loss
+
+    def _grads(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of the mean loss over each item's examples (x: (M, b, d)), and the logits."""
+        if thetas.dim() == 2 and len(thetas) == 1 and x.dim() == 3:
+            # One run: plain matrix products (a batch of one costs more in the backward pass).
+            g, logits = self._grads(thetas[0], x[0], y.expand(x.shape[:-1])[0])
+            return g.unsqueeze(0), logits.unsqueeze(0)
+        scale = 1.0 / x.shape[-2]
+        if self.linear:
+            logits = self.model.logits(thetas, x)
+            p = logit_gradient(logits, y).mul_(scale)
+            if x.dim() == 3 and x.shape[0] == 1 and p.dim() == 3:  # shared inputs: one product for all runs
+                g = (p.transpose(1, 2).reshape(-1, x.shape[1]) @ x[0]).view(len(p), -1)
+            else:
+                g = p.transpose(-1, -2) @ x  # (M, k, d)
+            return g.reshape(thetas.shape), logits
+        with torch.enable_grad():
+            # Each layer a leaf of its own: the gradient of one flat leaf through slices of it
+            # would build and sum a parameter-sized tensor per layer.
+            parts = {name: part.detach().requires_grad_(True) for name, part in self.model.unflatten(thetas).items()}
+            logits = self.model.forward(parts, x)
+            grads = torch.autograd.grad(logits, list(parts.values()), logit_gradient(logits.detach(), y).mul_(scale))
+        lead = thetas.shape[:-1]
+        return torch.cat([g.reshape(*lead, -1) for g in grads], dim=-1), logits.detach()
+
+    # --- evaluation --------------------------------------------------------------------
+    def eval_state(self, thetas: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per run on the evaluation set: loss, gradient (R', P), accuracy, smallest margin, largest |logit|."""
+        x, y = self._of(self.x_eval, rows), self._of(self.y_eval, rows)
+        grads, logits = self._grads(thetas, x, y)
+        labels = y.expand(logits.shape[:-1])
+        return {
+            "loss": per_sample_loss_value(logits, labels).mean(dim=-1),
+            "grad": grads,
+            "acc": (logits.argmax(-1) == labels).to(thetas.dtype).mean(dim=-1),
+            "margin": margins(logits, labels).amin(dim=-1),
+            "logit_scale": logits.abs().flatten(1).amax(dim=1),
+        }
+
+    def eval_losses(self, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """L(theta) for a stack (R', J, P) of parameters of runs rows (R',) -> (R', J)."""
+        x, y = self._of(self.x_eval, rows).unsqueeze(1), self._of(self.y_eval, rows).unsqueeze(1)
+        per_run = max(1, self._chunk(x.shape[-2]) // max(1, len(thetas)))
+        parts = []
+        for j in range(0, thetas.shape[1], per_run):
+            logits = self.model.logits(thetas[:, j : j + per_run], x)
+            parts.append(per_sample_loss_value(logits, y).mean(dim=-1))
+        return torch.cat(parts, dim=1)
+
+    def test_state(self, thetas: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._of(self.x_test, rows), self._of(self.y_test, rows)
+        logits = self.model.logits(thetas, x)
+        labels = y.expand(logits.shape[:-1])
+        accuracy = (logits.argmax(-1) == labels).to(thetas.dtype).mean(-1)
+        return per_sample_loss_value(logits, labels).mean(dim=-1), accuracy
+
+    def train_grads(self, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Gradient of the loss on the whole training set (R', P): E_B[g_B] for every sampler."""
+        x, y = self._of(self.x_train, rows), self._of(self.y_train, rows)
+        return self._grads(thetas, x, y)[0]
+
+    def train_scores(self, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Per run and training example (R', n), ||d l_i / d z|| * ||x_i||, float64 (see Objective.train_scores)."""
+        x, y = self._of(self.x_train, rows), self._of(self.y_train, rows)
+        logits = self.model.logits(thetas, x).double()
+        labels = y.expand(logits.shape[:-1])
+        z_y = logits.gather(-1, labels.unsqueeze(-1))
+        own = labels.unsqueeze(-1) == torch.arange(logits.shape[-1], device=logits.device)
+        loss = per_sample_loss_value(logits, labels).unsqueeze(-1)
+        p_other = torch.exp((logits - z_y - loss).masked_fill(own, float("-inf")))  # p_j, j != y
+        miss = p_other.sum(dim=-1)  # 1 - p_y
+        norm_z = torch.sqrt((p_other * p_other).sum(dim=-1) + miss * miss)
+        return norm_z * torch.linalg.vector_norm(x.double(), dim=-1)
