@@ -45,7 +45,8 @@ class Stack:
         self.eval_is_train = all(o.eval_is_train for o in objectives)
         self.lr64 = torch.tensor([o.lr for o in objectives], dtype=torch.float64)
         self.lr = self.lr64.to(device=first.x_train.device, dtype=first.x_train.dtype)
-        self.batch_size = 0
+        self._pinned: torch.Tensor | None = None
+        self._pinned_leaves: dict[str, torch.Tensor] = {}
 
     # --- data of some runs -------------------------------------------------------------
     @staticmethod
@@ -82,29 +83,42 @@ class Stack:
         loss = per_sample_loss_value(logits, y).mean(dim=-1) if with_loss else None
         return grads, loss
 
+    def pin(self, thetas: torch.Tensor) -> None:
+        """Keep autograd leaves viewing each layer of `thetas` (the live stack, updated in place)."""
+        self._pinned = thetas
+        self._pinned_leaves = self._make_leaves(thetas)
+
+    def _make_leaves(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Each layer a leaf of its own: the gradient of one flat leaf through slices of it would
+        # build and sum a parameter-sized tensor per layer. detach() shares the storage.
+        return {name: part.detach().requires_grad_(True) for name, part in self.model.unflatten(thetas).items()}
+
+    def _leaves(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._pinned_leaves if thetas is self._pinned else self._make_leaves(thetas)
+
     def _grads(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of the mean loss over each item's examples (x: (M, b, d)), and the logits."""
-        if thetas.dim() == 2 and len(thetas) == 1 and x.dim() == 3:
-            # One run: plain matrix products (a batch of one costs more in the backward pass).
-            g, logits = self._grads(thetas[0], x[0], y.expand(x.shape[:-1])[0])
-            return g.unsqueeze(0), logits.unsqueeze(0)
+        """Gradients (M, P) of the mean loss over each item's examples (x: (M, b, d)), and the logits."""
+        # One run: plain matrix products (a batch of one costs more, in the backward pass above all).
+        one = len(thetas) == 1 and x.dim() == 3
+        if one:
+            x, y = x[0], y.expand(x.shape[:-1])[0]
         scale = 1.0 / x.shape[-2]
         if self.linear:
-            logits = self.model.logits(thetas, x)
+            th = thetas[0] if one else thetas
+            logits = self.model.logits(th, x)
             p = logit_gradient(logits, y).mul_(scale)
             if x.dim() == 3 and x.shape[0] == 1 and p.dim() == 3:  # shared inputs: one product for all runs
                 g = (p.transpose(1, 2).reshape(-1, x.shape[1]) @ x[0]).view(len(p), -1)
             else:
                 g = p.transpose(-1, -2) @ x  # (M, k, d)
-            return g.reshape(thetas.shape), logits
+            return g.reshape(thetas.shape), logits.unsqueeze(0) if one else logits
         with torch.enable_grad():
-            # Each layer a leaf of its own: the gradient of one flat leaf through slices of it
-            # would build and sum a parameter-sized tensor per layer.
-            parts = {name: part.detach().requires_grad_(True) for name, part in self.model.unflatten(thetas).items()}
+            leaves = self._leaves(thetas)
+            parts = {name: leaf[0] for name, leaf in leaves.items()} if one else leaves
             logits = self.model.forward(parts, x)
-            grads = torch.autograd.grad(logits, list(parts.values()), logit_gradient(logits.detach(), y).mul_(scale))
-        lead = thetas.shape[:-1]
-        return torch.cat([g.reshape(*lead, -1) for g in grads], dim=-1), logits.detach()
+            grads = torch.autograd.grad(logits, list(leaves.values()), logit_gradient(logits.detach(), y).mul_(scale))
+        g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
+        return g, logits.detach().unsqueeze(0) if one else logits.detach()
 
     # --- evaluation --------------------------------------------------------------------
     def eval_state(self, thetas: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -199,6 +199,7 @@ class _Slice:
         self.live = list(range(len(runs)))  # positions in `runs` of the rows of `thetas`
         self.rows = torch.arange(len(runs))
         self.thetas = torch.stack([r.theta0 for r in runs])
+        self.stack.pin(self.thetas)
         self.lr = self.stack.lr.unsqueeze(1)
         self.snapshot = self.thetas.clone()
         self.snapshot_step = 0
@@ -226,7 +227,7 @@ class _Slice:
                 run = self.runs[self.live[j]]
                 if run.running and row >= 0:
                     run.recorder.set(row, batch_loss=losses[j], batch_grad_norm=norms[j])
-        self.thetas = self.thetas - self.lr * g
+        self.thetas.sub_(self.lr * g)  # in place: the stack's autograd leaves view these parameters
         self.since_snapshot.append(idx)
 
     # --- finiteness, divergence and leaving the stack ----------------------------------------
@@ -241,11 +242,12 @@ class _Slice:
         keep = [j for j, i in enumerate(self.live) if self.runs[i].running]
         for j, i in enumerate(self.live):
             if not self.runs[i].running and self.runs[i].theta is None:
-                self.runs[i].theta = self.thetas[j].detach()
+                self.runs[i].theta = self.thetas[j].detach().clone()
         if len(keep) < len(self.live):
             at = torch.tensor(keep, dtype=torch.long)
             self.live = [self.live[j] for j in keep]
             self.thetas, self.rows, self.lr = self.thetas[at], self.rows[at], self.lr[at]
+            self.stack.pin(self.thetas)
             if self.block.numel():
                 self.block = self.block[at]
         self.snapshot, self.snapshot_step, self.since_snapshot = self.thetas.clone(), t, []
@@ -424,7 +426,7 @@ def train_slice(
     sl.check(steps)  # the runs that ended at the last step leave with their iterates
     for j, i in enumerate(sl.live):
         runs[i].end("completed")
-        runs[i].theta = sl.thetas[j].detach()
+        runs[i].theta = sl.thetas[j].detach().clone()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     loop_seconds = time.perf_counter() - loop_started
