@@ -4,10 +4,13 @@ Each figure is a sweep over step sizes (and, for Fig. 4, batch sizes) of one of 
 Section 6 experiments. A run whose spec hash matches a finished run in the store (completed,
 or diverged: a deterministic result too) is not trained again: its trace is read back. The
 others are created as one experiment per figure and trained in this process, as `eos run`
-does. Each PNG has one column per batch size and three rows: the loss against the iteration
-on log-log axes with a fitted C/(eta t) guide per run, the relative drift D/(eta |grad L|^2)
-(positive: the next step raises the loss on average), and whether the iterate lies in the
-stable set S, with the entrance step marked.
+does: the runs that differ only in step size train together as sweep slices (worker.slicing),
+unless `--sequential` trains them one at a time (slices of one run), to time against. Each
+figure's training wall time is printed, and a table of them at the end. Each PNG has one
+column per batch size and three rows: the loss against the iteration on log-log axes with a
+fitted C/(eta t) guide per run, the relative drift D/(eta |grad L|^2) (positive: the next step
+raises the loss on average), and whether the iterate lies in the stable set S, with the
+entrance step marked.
 
 MNIST and CIFAR-10 are read from EOS_DATA_DIR when their files are there; otherwise Fig. 5
 uses scikit-learn's digits and Fig. 6 mnist1d, and the title says so.
@@ -26,7 +29,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from eos_core.data import DatasetFilesMissing
@@ -261,6 +263,8 @@ class FigureRuns:
     plan: FigurePlan
     runs: list[RunData] = field(default_factory=list)
     experiment_id: int | None = None
+    slices: int = 0  # slices the trained runs were grouped into
+    train_seconds: float = 0.0  # wall time of training them (reading back and drawing not included)
 
     @property
     def reused(self) -> int:
@@ -331,9 +335,12 @@ def collect_runs(
                     queries.delete_run(session=session, run=run)
                 else:
                     new_ids[run.spec_hash] = run.id
-        for (params, _), digest in zip(cells, digests, strict=True):
-            if digest in new_ids:
-                _train(new_ids[digest], params, executor, plan.key, show)
+        labels = {
+            new_ids[digest]: f"{plan.key} run {new_ids[digest]} ({_describe(params)})"
+            for (params, _), digest in zip(cells, digests, strict=True)
+            if digest in new_ids
+        }
+        _train(labels, executor, result, show)
     with sessions.begin() as session:
         for (params, spec), digest in zip(cells, digests, strict=True):
             run_id = found.get(digest, new_ids.get(digest))
@@ -347,21 +354,19 @@ def _describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{'eta' if k.endswith('lr') else 'B'}={v:g}" for k, v in params.items())
 
 
-def _train(run_id: int, params: dict[str, Any], executor: InProcessExecutor, key: str, show: bool) -> None:
+def _train(labels: dict[int, str], executor: InProcessExecutor, result: FigureRuns, show: bool) -> None:
+    """Train the runs (`labels`: id -> bar label) as the executor plans them, one slice at a time."""
+    from .slices import slice_note, train_with_bars
+
     started = time.perf_counter()
-    if not show:
-        status = executor.execute(run_id)
-    else:
-        columns = (TextColumn(f"{key} run {run_id} ({_describe(params)})"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("train", total=None)
-
-            def progress(step: int, steps: int) -> None:
-                bar.update(task, completed=step, total=steps)
-
-            status = executor.execute(run_id, progress=progress)
-    if show:
-        console.print(f"{key} run {run_id}: {status} in {time.perf_counter() - started:.1f} s")
+    groups = executor.plan(list(labels))
+    for group in groups:
+        statuses, seconds = train_with_bars(executor, group, labels, console, show)
+        if show:
+            for run_id in group:
+                console.print(f"{labels[run_id].split(' (')[0]}: {statuses[run_id]} {slice_note(len(group), seconds)}")
+    result.slices = len(groups)
+    result.train_seconds = time.perf_counter() - started
 
 
 # --- drawing ---------------------------------------------------------------------------------------
@@ -583,8 +588,14 @@ def make_figures(
     dpi: int = 100,
     show: bool = True,
     executor: InProcessExecutor | None = None,
+    sequential: bool = False,
 ) -> FiguresReport:
-    """Plan, collect (reuse or train) and draw each figure into OUT/<key>.png."""
+    """Plan, collect (reuse or train) and draw each figure into OUT/<key>.png. The runs a figure
+    trains go as sweep slices, or one at a time with `sequential` (ignored when `executor` is given)."""
+    if executor is None:
+        from worker.executors import InProcessExecutor
+
+        executor = InProcessExecutor(sessions, heartbeat_seconds=1.0, slice_runs=1 if sequential else None)
     plans = plan_figures(scale, only)
     report = FiguresReport([], [], {})
     for plan in plans:
@@ -599,10 +610,32 @@ def make_figures(
         if show:
             console.print(_table(figure))
             console.print(
-                f"{path}: {figure.reused} run(s) reused from the store, {figure.trained} trained, "
-                f"{report.seconds[plan.key]:.1f} s"
+                f"{path}: {figure.reused} run(s) reused from the store, {figure.trained} trained"
+                f"{_training(figure, executor.slice_runs)}, {report.seconds[plan.key]:.1f} s in all"
             )
     return report
+
+
+def _training(figure: FigureRuns, slice_runs: int) -> str:
+    """' in 2 slice(s), training 12.3 s': how the trained runs went, and their wall time."""
+    if not figure.trained:
+        return ""
+    how = "one at a time" if slice_runs == 1 else f"in {figure.slices} slice(s)"
+    return f" {how}, training {figure.train_seconds:.1f} s"
+
+
+def timing_table(report: FiguresReport, sequential: bool) -> Table:
+    """Each figure's training wall time: what `--sequential` and the default are compared by."""
+    mode = "sequential" if sequential else "sliced"
+    table = Table(title=f"training wall time ({mode}; runs reused from the store are not timed)")
+    for column in ("figure", "runs trained", "slices", "training s", "s per run"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for figure in report.figures:
+        trained = figure.trained
+        per_run = f"{figure.train_seconds / trained:.2f}" if trained else "-"
+        slices = str(figure.slices) if trained else "-"
+        table.add_row(figure.plan.key, str(trained), slices, f"{figure.train_seconds:.1f}", per_run)
+    return table
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -668,20 +701,33 @@ def paper(
     ),
     only: Annotated[str | None, typer.Option(help="comma-separated subset, e.g. fig4,fig6")] = None,
     dpi: Annotated[int, typer.Option(help="resolution of the PNGs")] = 100,
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            "--sequential",
+            help="train the runs one at a time, as before sweep slices, to compare the training wall time "
+            "(give each mode a fresh --db: runs found in the store are reused, not trained)",
+        ),
+    ] = False,
 ) -> None:
-    """Run (or reuse from the store) the paper's Section 6 experiments and draw Figures 4 to 6."""
-    from store.db import database_url, make_engine, session_factory, upgrade
+    """Run (or reuse from the store) the paper's Section 6 experiments and draw Figures 4 to 6.
+
+    Each figure's runs train as sweep slices (one computation per slice of step sizes); the
+    training wall time of each figure is printed at the end."""
+    from eos_client.local import local_engine
+    from store.db import database_url, session_factory, upgrade
 
     if scale not in SCALES + HIDDEN_SCALES:
         raise typer.BadParameter(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     keys = parse_only(only)
     if db is not None and "://" not in db:
         Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(database_url(db))
+    engine = local_engine(database_url(db))  # BEGIN IMMEDIATE on SQLite: a slice's heartbeats write at once
     upgrade(engine)
     sessions = session_factory(engine)
     started = time.perf_counter()
-    report = make_figures(out, sessions, scale=scale, only=keys, dpi=dpi)
+    report = make_figures(out, sessions, scale=scale, only=keys, dpi=dpi, sequential=sequential)
+    console.print(timing_table(report, sequential))
     console.print(
         f"{len(report.paths)} figure(s) in {out}: {report.reused} run(s) reused from the store, "
         f"{report.trained} trained, {time.perf_counter() - started:.1f} s"

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +23,6 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from eos_core.sweep import SweepError
 
@@ -61,11 +59,18 @@ def run(
     steps: Annotated[int | None, typer.Option(help="override optimizer.steps")] = None,
     strict: Annotated[bool, typer.Option(help="exit 1 unless every run completed")] = False,
 ) -> None:
-    """Train SPEC (or a sweep of it) now, in this process, into the embedded store."""
+    """Train SPEC (or a sweep of it) now, in this process, into the embedded store.
+
+    The runs of a sweep that differ only in step size and seed train together, as slices
+    (at most EOS_SLICE_RUNS runs and EOS_SLICE_MEMORY_GIB each, as on a worker)."""
     from eos_client import InputError, load_spec, parse_sweep
+    from eos_client.local import local_engine
+    from eos_client.models import params_label
     from store import queries
-    from store.db import database_url, make_engine, session_factory, upgrade
+    from store.db import database_url, session_factory, upgrade
     from worker.executors import InProcessExecutor
+
+    from .slices import slice_note, train_with_bars
 
     try:
         data, grid = load_spec(spec), parse_sweep(sweep)
@@ -73,25 +78,28 @@ def run(
         _fail(str(exc))
     if steps is not None:
         data.setdefault("optimizer", {})["steps"] = steps
-    engine = make_engine(database_url(db))
+    # BEGIN IMMEDIATE on SQLite: the heartbeat threads of a slice's runs write at once.
+    engine = local_engine(database_url(db))
     upgrade(engine)
     sessions = session_factory(engine)
     try:
         with sessions.begin() as session:
             owner = queries.local_user(session=session)
             experiment = queries.create_experiment(session=session, owner=owner, spec=data, sweep=grid)
-            run_ids = [r.id for r in queries.list_runs(session=session, experiment_id=experiment.id)]
+            runs = queries.list_runs(session=session, experiment_id=experiment.id)
+            labels = {r.id: " ".join(filter(None, (f"run {r.id}", params_label(r.params)))) for r in runs}
             experiment_id = experiment.id
     except (ValidationError, SweepError) as exc:
         _fail(f"{spec}: {exc}")
-    console.print(f"experiment {experiment_id}: {len(run_ids)} run(s) into {engine.url.render_as_string()}")
     executor = InProcessExecutor(sessions, heartbeat_seconds=1.0)
-    for run_id in run_ids:
-        started = time.perf_counter()
-        _run_with_bar(run_id, executor)
+    groups = executor.plan(list(labels))
+    sliced = f" in {len(groups)} slice(s)" if len(groups) < len(labels) else ""
+    console.print(f"experiment {experiment_id}: {len(labels)} run(s){sliced} into {engine.url.render_as_string()}")
+    for group in groups:
+        _, seconds = train_with_bars(executor, group, labels, console)
         with sessions() as session:
-            row = _row(queries.get_run(session=session, run_id=run_id))
-        _print_outcome(row, time.perf_counter() - started)
+            for run_id in group:
+                _print_outcome(_row(queries.get_run(session=session, run_id=run_id)), slice_note(len(group), seconds))
     with sessions.begin() as session:
         rows = [_row(r) for r in queries.list_runs(session=session, experiment_id=experiment_id)]
     print_runs(rows, title=f"experiment {experiment_id}", console=console)
@@ -99,24 +107,13 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_with_bar(run_id: int, executor: Any) -> None:
-    columns = (TextColumn(f"run {run_id}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("train", total=None)
-
-        def progress(step: int, steps: int) -> None:
-            bar.update(task, completed=step, total=steps)
-
-        executor.execute(run_id, progress=progress)
-
-
-def _print_outcome(row: dict[str, Any], seconds: float) -> None:
+def _print_outcome(row: dict[str, Any], when: str) -> None:
     """'run 1: completed in 2.0 s', or 'run 1: failed at step 0 of 10 in 0.1 s' with the error beneath."""
     if not row["failure"]:
-        console.print(f"run {row['id']}: {row['status']} in {seconds:.1f} s")
+        console.print(f"run {row['id']}: {row['status']} {when}")
         return
     head, _, why = row["failure"].partition(": ")
-    head = head.replace(" (", f" in {seconds:.1f} s (", 1) if "(" in head else f"{head} in {seconds:.1f} s"
+    head = head.replace(" (", f" {when} (", 1) if "(" in head else f"{head} {when}"
     console.print(f"[red]run {row['id']}: {escape(head)}[/red]", highlight=False)
     if why:
         console.print(f"  {escape(why)}", soft_wrap=True, highlight=False)
@@ -365,7 +362,11 @@ def _log_run_tasks(log: logging.Logger) -> None:
         if getattr(task, "name", None) != RUN_TASK or not args:
             return
         if state == "SUCCESS":
-            outcome = retval if retval is not None else "skipped (finished already, or claimed by another worker)"
+            outcome = (
+                retval
+                if retval is not None
+                else "skipped (finished already, claimed by another worker, or trained in another run's slice)"
+            )
             log.info("run %s: %s", args[0], outcome)
         else:
             log.warning("run %s: task ended in state %s (%s)", args[0], state, retval)

@@ -12,11 +12,12 @@ the whole gradient is two batched matrix products, with no autograd graph at all
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .loss import logit_gradient, margins, per_sample_loss_value
+from .loss import logit_gradient, margins, per_sample_loss, per_sample_loss_value
 from .objective import VMAP_BUDGET, Objective
 
 
@@ -168,3 +169,75 @@ class Stack:
         miss = p_other.sum(dim=-1)  # 1 - p_y
         norm_z = torch.sqrt((p_other * p_other).sum(dim=-1) + miss * miss)
         return norm_z * torch.linalg.vector_norm(x.double(), dim=-1)
+
+    # --- curvature -------------------------------------------------------------------------
+    def eval_hvp(self, thetas: torch.Tensor, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """V (R', P) -> row r is H_r v_r, H_r the Hessian of run r's evaluation loss at thetas[r].
+
+        The runs' gradients are built once as one graph (of the sum of their losses: run r's
+        gradient depends on its own parameters only) and each product is one double backward.
+        """
+        x, y = self._of(self.x_eval, rows), self._of(self.y_eval, rows)
+        with torch.enable_grad():
+            leaves = self._make_leaves(thetas.detach())
+            logits = self.model.forward(leaves, x)
+            total = per_sample_loss(logits, y.expand(logits.shape[:-1])).mean(dim=-1).sum()
+            grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
+        shapes = [leaf.shape for leaf in leaves.values()]
+
+        def hvp(vectors: torch.Tensor) -> torch.Tensor:
+            parts = _split(vectors, shapes)
+            products = torch.autograd.grad(grads, list(leaves.values()), parts, retain_graph=True)
+            return torch.cat([p.reshape(len(vectors), -1) for p in products], dim=-1).detach()
+
+        return hvp
+
+    def eval_quadratic_forms(self, thetas: torch.Tensor, rows: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """v^T H_r v for K vectors per run (R', K, P) -> (R', K), in float64.
+
+        Taken as ||v||^2 (u^T H u) with u = v / ||v||: at small float32 losses ||v||^2 itself
+        underflows, while the direction and the curvature along it are well scaled.
+        """
+        hvp = self.eval_hvp(thetas, rows)
+        units, scale, length = unit_rows(vectors)
+        forms = torch.stack([(units[:, k] * hvp(units[:, k])).sum(dim=-1) for k in range(vectors.shape[1])], dim=1)
+        return forms.double() * (scale.double() * length.double()) ** 2
+
+    def batch_sharpness_terms(self, thetas: torch.Tensor, rows: torch.Tensor, batches: torch.Tensor) -> torch.Tensor:
+        """g_b^T H_b g_b / ||g_b||^2 with gradient and Hessian on the same batch b, for (R', K, B) -> (R', K).
+
+        Computed as u^T H_b u with u = g_b / ||g_b||, which stays finite where ||g_b||^2
+        underflows in float32. All R' K batches are one graph.
+        """
+        r, k = batches.shape[:2]
+        items = thetas.detach().unsqueeze(1).expand(r, k, thetas.shape[-1]).reshape(r * k, -1)
+        x, y = self._batch(rows.repeat_interleave(k), batches.reshape(r * k, -1))
+        with torch.enable_grad():
+            leaves = self._make_leaves(items)
+            logits = self.model.forward(leaves, x)
+            total = per_sample_loss(logits, y).mean(dim=-1).sum()
+            grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
+            flat = torch.cat([g.reshape(r * k, -1) for g in grads], dim=-1)
+            units, _, _ = unit_rows(flat.detach())
+            shapes = [leaf.shape for leaf in leaves.values()]
+            products = torch.autograd.grad(grads, list(leaves.values()), _split(units, shapes))
+        hu = torch.cat([p.reshape(r * k, -1) for p in products], dim=-1)
+        return (units * hu).sum(dim=-1).view(r, k)
+
+
+def _split(vectors: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    """Rows (M, P) cut into the layers' shapes (M, *shape)."""
+    parts, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape[1:])
+        parts.append(vectors[..., start : start + size].reshape(shape))
+        start += size
+    return parts
+
+
+def unit_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of v (..., P): (v / ||v||, s, ||v / s||) with s = max |v_i|, without under- or overflow."""
+    scale = v.abs().amax(dim=-1, keepdim=True)
+    scaled = v / scale
+    length = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    return scaled / length, scale.squeeze(-1), length.squeeze(-1)

@@ -28,7 +28,7 @@ from .drift import DriftEstimate, DriftPlan, estimate_drifts
 from .models import build_model
 from .objective import Objective
 from .sampling import BatchSampler
-from .sharpness import SharpnessTracker
+from .sharpness import SharpnessTracker, track_sharpness
 from .slices import slice_key
 from .spec import RunSpec
 from .stack import Stack
@@ -315,9 +315,10 @@ class _Slice:
                     stable_p=estimate.stable_p,
                     stable=estimate.verdict,
                 )
-        if ins.sharpness_every and t % ins.sharpness_every == 0:
-            for j in np.flatnonzero(finite).tolist():
-                per_run[j].update(self._curvature(self.runs[self.live[j]], thetas[j], estimates[j]))
+        if ins.sharpness_every and t % ins.sharpness_every == 0 and finite.any():
+            measured = np.flatnonzero(finite).tolist()
+            for j, values_j in zip(measured, self._curvature(measured, estimates), strict=True):
+                per_run[j].update(values_j)
         if ins.test_every and (t % ins.test_every == 0 or final) and stack.x_test.shape[1]:
             test_loss, test_acc = stack.test_state(thetas, rows)
             for j, (tl, ta) in enumerate(zip(test_loss.double().tolist(), test_acc.double().tolist(), strict=True)):
@@ -337,27 +338,51 @@ class _Slice:
                 run.end("diverged")  # the guarded loss overflowed: logits beyond the dtype
         return out
 
-    def _curvature(self, run: _Run, theta: torch.Tensor, estimate: DriftEstimate | None) -> dict[str, float]:
-        assert run.sharpness is not None
-        obj, lr, ins = run.objective, run.objective.lr, run.spec.instrument
-        pair = run.sharpness(obj.eval_hvp(theta), theta)
-        batches = run.sampler.draw(ins.batch_sharpness_samples, run.streams["batch_sharpness"])
-        terms = obj.batch_sharpness_terms(theta, batches.to(theta.device))
-        row = {
-            "sharpness": pair.value,
-            "sharpness_residual": pair.residual,
-            "hvps": float(pair.products),
-            "batch_sharpness": float(terms.double().mean()),
-        }
-        if estimate is not None:
-            # E_B[g_B^T H g_B] as mean(w * form) over the drift's batches (weights: importance or enumeration).
+    def _curvature(self, at: list[int], estimates: list[DriftEstimate | None]) -> list[dict[str, float]]:
+        """Sharpness, batch sharpness and quad_drift of the live runs at positions `at`, batched across runs."""
+        ins, stack = self.spec.instrument, self.stack
+        index = torch.tensor(at, dtype=torch.long)
+        rows, thetas = self.rows[index], self.thetas[index]
+        runs = [self.runs[self.live[j]] for j in at]
+        trackers = [run.sharpness for run in runs]
+        assert all(tracker is not None for tracker in trackers)
+        pairs = track_sharpness(trackers, stack.eval_hvp(thetas, rows), thetas)  # type: ignore[arg-type]
+        batches = torch.stack(
+            [run.sampler.draw(ins.batch_sharpness_samples, run.streams["batch_sharpness"]) for run in runs]
+        )
+        terms = stack.batch_sharpness_terms(thetas, rows, batches).double().mean(dim=1).tolist()
+        out = [
+            {
+                "sharpness": pair.value,
+                "sharpness_residual": pair.residual,
+                "hvps": float(pair.products),
+                "batch_sharpness": term,
+            }
+            for pair, term in zip(pairs, terms, strict=True)
+        ]
+        # quad_drift: E_B[g_B^T H g_B] as mean(w * form) over the drift's batches (weights: importance
+        # or enumeration), batched over the runs that kept as many batches.
+        picked: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        for i, (j, run) in enumerate(zip(at, runs, strict=True)):
+            estimate = estimates[j]
+            if estimate is None:
+                continue
             grads, weights = estimate.batch_grads, estimate.batch_weights
             if len(grads) > QUAD_DRIFT_MAX_BATCHES:
                 pick = torch.randperm(len(grads), generator=run.streams["quad_drift"])[:QUAD_DRIFT_MAX_BATCHES]
                 grads, weights = grads[pick.to(grads.device)], weights[pick]
-            forms = obj.eval_quadratic_forms(theta, grads)
-            row["quad_drift"] = estimate.first_order + 0.5 * lr * lr * float((weights * forms.cpu()).mean())
-        return row
+            picked.setdefault(len(grads), []).append((i, grads, weights))
+        for group in picked.values():
+            where = torch.tensor([at[i] for i, _, _ in group], dtype=torch.long)
+            forms = stack.eval_quadratic_forms(
+                self.thetas[where], self.rows[where], torch.stack([g for _, g, _ in group])
+            ).cpu()
+            for (i, _, weights), form in zip(group, forms, strict=True):
+                estimate = estimates[at[i]]
+                assert estimate is not None
+                lr = runs[i].objective.lr
+                out[i]["quad_drift"] = estimate.first_order + 0.5 * lr * lr * float((weights * form).mean())
+        return out
 
 
 def _loop(sl: _Slice, steps: int) -> None:

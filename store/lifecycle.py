@@ -101,6 +101,25 @@ def claim(*, session: Session, run_id: int, worker: str, stale_after: timedelta)
     return run
 
 
+def queued_mates(*, session: Session, run: Run, limit: int) -> list[Run]:
+    """Queued runs of `run`'s experiment and queue (not `run`, none with a cancellation pending),
+    oldest first: those a worker may claim to train in one slice with `run`. Not locked: each is
+    then claimed (claim locks and checks it), and one claimed meanwhile elsewhere is skipped."""
+    stmt = (
+        select(Run)
+        .where(
+            Run.experiment_id == run.experiment_id,
+            Run.queue == run.queue,
+            Run.status == RunStatus.QUEUED,
+            Run.id != run.id,
+            Run.cancel_requested.is_(False),
+        )
+        .order_by(Run.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
 def beat(*, session: Session, run_id: int, attempt: int, step: int, steps: int) -> bool:
     """Record progress for attempt `attempt`; returns True when a cancellation was requested.
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from eos_core import RunSpec, StopTraining, train
+from eos_core import RunResult, RunSpec, StopTraining, train_slice
+from eos_core.slices import DEFAULT_SLICE_MEMORY_GIB, DEFAULT_SLICE_RUNS, slice_key
 from eos_core.trace import Trace
 from store import lifecycle, queries
 from store.db import database_unreachable
@@ -31,10 +32,12 @@ from store.lifecycle import RunStatus
 from store.traces import append_trace, delete_trace
 
 from .outage import with_database
+from .slicing import slice_mates
 
 log = logging.getLogger(__name__)
 DERIVED_EVENTS = ("entrance", "exit", "return", "divergence")
-Progress = Callable[[int, int], object]
+Progress = Callable[[int, int], object]  # (step, steps)
+SliceProgress = Callable[[int, int, int], object]  # (run id, step, steps)
 
 
 @dataclass
@@ -147,28 +150,125 @@ def execute_run(
 ) -> str | None:
     """Train run `run_id` and store everything; returns the final status, or None if skipped.
 
-    The database being unreachable for longer than `database_wait` seconds raises (the run is
-    not marked failed: it did not fail, and the reaper requeues it once it is back).
+    A slice of one (execute_slice). The database being unreachable for longer than
+    `database_wait` seconds raises (the run is not marked failed: it did not fail, and the
+    reaper requeues it once it is back).
     """
-    name = worker or worker_name()
-    claimed = with_database(
-        lambda: _claim(sessions, run_id, name, stale_after), f"run {run_id}: claiming", database_wait
+
+    def report(_run_id: int, step: int, steps: int) -> None:
+        assert progress is not None
+        progress(step, steps)
+
+    options = _Options(
+        sessions, stale_after, flush_rows, heartbeat_seconds, database_wait, None if progress is None else report
     )
-    if claimed is None:
+    claimed = _claim_run(options, run_id, worker or worker_name())
+    return _train_claimed([claimed] if claimed else [], options).get(run_id)
+
+
+def execute_slice(
+    run_ids: Sequence[int],
+    sessions: sessionmaker[Session],
+    *,
+    worker: str | None = None,
+    stale_after: timedelta = timedelta(minutes=2),
+    flush_rows: int = 4096,
+    heartbeat_seconds: float = 5.0,
+    database_wait: float = 300.0,
+    progress: SliceProgress | None = None,
+) -> dict[int, str | None]:
+    """Train runs `run_ids` together (one eos_core.train_slice per slice key) and store each as its own.
+
+    Each run is claimed in its own transaction; one that cannot be claimed (finished, cancelled,
+    deleted, or running elsewhere with a fresh heartbeat) is skipped. Each claimed run gets its
+    own sink and heartbeat thread, fenced by its own attempt number, and its own trace, events,
+    summary and final status: a run cancelled, failed or lost to another attempt ends alone.
+    Returns each run's final status (None: skipped, or lost to another attempt). `progress` gets
+    (run id, step, steps).
+    """
+    options = _Options(sessions, stale_after, flush_rows, heartbeat_seconds, database_wait, progress)
+    name = worker or worker_name()
+    statuses: dict[int, str | None] = dict.fromkeys(run_ids)
+    claimed = [c for c in (_claim_run(options, run_id, name) for run_id in statuses) if c is not None]
+    statuses.update(_train_claimed(claimed, options))
+    return statuses
+
+
+def execute_task(
+    run_id: int,
+    sessions: sessionmaker[Session],
+    *,
+    slice_runs: int = DEFAULT_SLICE_RUNS,
+    slice_memory_gib: float = DEFAULT_SLICE_MEMORY_GIB,
+    worker: str | None = None,
+    stale_after: timedelta = timedelta(minutes=2),
+    flush_rows: int = 4096,
+    heartbeat_seconds: float = 5.0,
+    database_wait: float = 300.0,
+) -> str | None:
+    """The body of a run's Celery task: claim run `run_id`, take along the queued runs of its
+    experiment that can share its slice (worker.slicing.slice_mates: at most `slice_runs` runs
+    and `slice_memory_gib` in all), train them as one slice and store each as its own.
+
+    Returns run `run_id`'s final status, or None if it could not be claimed (then nothing is:
+    a redelivered message, or the message of a run another worker took into its slice). The
+    runs taken along keep their own messages; delivered later, those find nothing to claim.
+    """
+    options = _Options(sessions, stale_after, flush_rows, heartbeat_seconds, database_wait)
+    name = worker or worker_name()
+    lead = _claim_run(options, run_id, name)
+    if lead is None:
         return None
-    spec_data, steps, attempt = claimed
-    sink = _StreamingSink(run_id, attempt, steps, sessions, flush_rows, heartbeat_seconds, database_wait)
-    sink.pulse = _Pulse(sink, heartbeat_seconds)
-    sink.pulse.start()
+    claimed = [lead]
     try:
-        return _train_and_store(sink, spec_data, progress)
-    finally:
-        sink.pulse.stop()
+        mates = with_database(
+            lambda: slice_mates(sessions, run_id, slice_runs, slice_memory_gib),
+            f"run {run_id}: looking for runs to share its slice",
+            database_wait,
+        )
+    except Exception as error:
+        if database_unreachable(error):
+            raise  # as for any write of the run: it stays running until the reaper requeues it
+        log.exception("run %s: could not look for runs to share its slice; it trains alone", run_id)
+        mates = []
+    claimed += [c for c in (_claim_run(options, mate, name) for mate in mates) if c is not None]
+    statuses = _train_claimed(claimed, options)
+    for c in claimed[1:]:
+        log.info("run %s: %s (trained in the slice of run %s)", c.run_id, statuses.get(c.run_id), run_id)
+    return statuses.get(run_id)
 
 
-def _claim(
-    sessions: sessionmaker[Session], run_id: int, worker: str, stale_after: timedelta
-) -> tuple[dict[str, Any], int, int] | None:
+@dataclass(frozen=True)
+class _Options:
+    """How this worker trains: its database, timings and the caller's progress callback."""
+
+    sessions: sessionmaker[Session]
+    stale_after: timedelta
+    flush_rows: int
+    heartbeat_seconds: float
+    database_wait: float
+    progress: SliceProgress | None = None
+
+
+@dataclass
+class _Claimed:
+    """A run this worker holds: its attempt number fences every write (lifecycle.beat, lifecycle.owned)."""
+
+    run_id: int
+    spec: dict[str, Any]
+    steps: int
+    attempt: int
+
+
+def _claim_run(options: _Options, run_id: int, worker: str) -> _Claimed | None:
+    return with_database(
+        lambda: _claim(options.sessions, run_id, worker, options.stale_after),
+        f"run {run_id}: claiming",
+        options.database_wait,
+    )
+
+
+def _claim(sessions: sessionmaker[Session], run_id: int, worker: str, stale_after: timedelta) -> _Claimed | None:
     with sessions.begin() as session:
         run = lifecycle.claim(session=session, run_id=run_id, worker=worker, stale_after=stale_after)
         if run is None:
@@ -176,20 +276,130 @@ def _claim(
         # A retry restarts from a clean slate: same seed, same trace, exactly one row per step.
         delete_trace(session=session, run_id=run_id)
         queries.delete_events(session=session, run_id=run_id, kinds=DERIVED_EVENTS)
-        return run.spec, run.steps, run.attempts
+        return _Claimed(run_id, run.spec, run.steps, run.attempts)
 
 
-def _train_and_store(sink: _StreamingSink, spec_data: dict[str, Any], progress: Progress | None) -> str | None:
-    run_id, attempt, sessions = sink.run_id, sink.attempt, sink.sessions
+def _train_claimed(claimed: Sequence[_Claimed], options: _Options) -> dict[int, str | None]:
+    """Train runs this worker holds, a slice per slice key, and store each run's outcome.
+
+    Every run's heartbeat thread starts at once (all are claimed first, so none goes stale
+    while another slice of the call trains). A database outage that outlasts `database_wait`
+    (a run's sink gave up, or storing a result did) raises once the other results are stored,
+    or once storing one failed; the runs left unstored stay running until the reaper requeues
+    them (their heartbeats stop), and a retry trains them from a clean trace.
+    """
+    if not claimed:
+        return {}
+    sinks = {
+        c.run_id: _StreamingSink(
+            c.run_id,
+            c.attempt,
+            c.steps,
+            options.sessions,
+            options.flush_rows,
+            options.heartbeat_seconds,
+            options.database_wait,
+        )
+        for c in claimed
+    }
+    for sink in sinks.values():
+        sink.pulse = _Pulse(sink, options.heartbeat_seconds)
+        sink.pulse.start()
+    statuses: dict[int, str | None] = {}
+    outage: Exception | None = None
+    storing_failed = False  # once a result could not be stored, the others are not tried
+    try:
+        for group in _by_slice_key(claimed):
+            if len(group) > 1:
+                log.info("runs %s: training as one slice", ", ".join(str(c.run_id) for c in group))
+            outcomes = _train_group(group, sinks, options.progress)
+            for c in group:  # trained: their heartbeats are the sinks' writes from here on
+                pulse = sinks[c.run_id].pulse
+                assert pulse is not None
+                pulse.stop()
+            for c, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, Exception) and database_unreachable(outcome):
+                    outage = outage or outcome  # its sink waited out the outage: left running
+                    continue
+                if storing_failed:
+                    continue  # the database is away: left running, for the reaper to requeue
+                try:
+                    statuses[c.run_id] = _store_outcome(sinks[c.run_id], outcome)
+                except Exception as error:
+                    if not database_unreachable(error):
+                        raise
+                    outage, storing_failed = outage or error, True
+    finally:
+        for sink in sinks.values():
+            if sink.pulse is not None and sink.pulse.is_alive():
+                sink.pulse.stop()
+    if outage is not None:
+        raise outage  # an outage, not a result: the runs stay running until the reaper requeues them
+    return statuses
+
+
+def _by_slice_key(claimed: Sequence[_Claimed]) -> list[list[_Claimed]]:
+    """Runs grouped by slice key, in order of first appearance (a spec that does not validate: alone)."""
+    groups: dict[str, list[_Claimed]] = {}
+    for c in claimed:
+        try:
+            key = slice_key(RunSpec.model_validate(c.spec))
+        except Exception:
+            key = f"invalid:{c.run_id}"  # it fails on its own, with the validation error as its outcome
+        groups.setdefault(key, []).append(c)
+    return list(groups.values())
+
+
+def _train_group(
+    group: Sequence[_Claimed], sinks: dict[int, _StreamingSink], progress: SliceProgress | None
+) -> list[RunResult | Exception]:
+    """One train_slice call for the runs of `group` that validate; a spec that does not is its run's outcome."""
+    outcomes: list[RunResult | Exception | None] = [None] * len(group)
+    specs: list[RunSpec] = []
+    trained: list[int] = []
+    for i, c in enumerate(group):
+        try:
+            specs.append(RunSpec.model_validate(c.spec))
+            trained.append(i)
+        except Exception as error:
+            outcomes[i] = error
+    if specs:
+        members = [group[i] for i in trained]
+        results: list[RunResult | Exception]
+        try:
+            results = train_slice(
+                specs,
+                sinks=[sinks[c.run_id] for c in members],
+                progress=[_reporter(sinks[c.run_id], progress) for c in members],
+            )
+        except Exception as error:  # what ended the whole slice (its data would not load) ends each run
+            results = [error] * len(members)
+        for i, outcome in zip(trained, results, strict=True):
+            outcomes[i] = outcome
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]
+
+
+def _reporter(sink: _StreamingSink, progress: SliceProgress | None) -> Progress:
+    """The run's progress callback: its sink's heartbeat (and cancellation), then the caller's."""
 
     def on_progress(step: int, total: int) -> None:
         sink.progress(step, total)
         if progress is not None:
-            progress(step, total)
+            progress(sink.run_id, step, total)
 
+    return on_progress
+
+
+def _store_outcome(sink: _StreamingSink, outcome: RunResult | Exception) -> str | None:
+    """Store what training ended with, as one run's own: the rest of its trace, its summary and
+    events, its final status (or its failure). None when another attempt owns the run."""
+    run_id, attempt, sessions = sink.run_id, sink.attempt, sink.sessions
     try:
-        result = train(RunSpec.model_validate(spec_data), sink=sink, progress=on_progress)
-        # What train returned is the result, whatever was requested meanwhile: store it all,
+        if isinstance(outcome, Exception):
+            raise outcome
+        result = outcome
+        # What training returned is the result, whatever was requested meanwhile: store it all,
         # with the rows a stopped run recorded after its last chunk.
         tail = {name: column[sink.received :] for name, column in result.trace.items()}
         if len(tail["step"]):

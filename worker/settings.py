@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eos_core.slices import DEFAULT_SLICE_MEMORY_GIB, DEFAULT_SLICE_RUNS
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EOS_", extra="ignore")
@@ -39,3 +41,15 @@ class WorkerSettings(BaseSettings):
         10.0, description="seconds between a worker's presence beats (store/workers.py: which queues are served)"
     )
     flush_rows: int = Field(4096, description="trace rows buffered per run before a write")
+    slice_runs: int = Field(
+        DEFAULT_SLICE_RUNS,
+        ge=1,
+        description="runs a worker trains as one slice at most: a run's task takes along the queued runs of its"
+        " experiment and queue that share its slice key (eos_core.slices); 1 trains every run alone",
+    )
+    slice_memory_gib: float = Field(
+        DEFAULT_SLICE_MEMORY_GIB,
+        gt=0,
+        description="a slice's memory at most, GiB, by the runs' estimates (eos_core.resources); a run alone is"
+        " always a slice",
+    )

@@ -14,7 +14,7 @@ from store.db import database_unreachable, database_url, make_engine, session_fa
 from .celery_app import REAP_TASK, RUN_TASK, app
 from .outage import with_database
 from .reaper import reap
-from .runner import execute_run
+from .runner import execute_task
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,17 @@ def _sessions() -> sessionmaker[Session]:
 
 @app.task(name=RUN_TASK)
 def run_task(run_id: int) -> str | None:
-    """One run. While the database is unreachable the message is not consumed: the task waits
-    (with backoff), then hands the message back to the queue for a later try."""
+    """One run, with the queued runs of its experiment that can share its slice (runner.execute_task).
+    While the database is unreachable the message is not consumed: the task waits (with backoff),
+    then hands the message back to the queue for a later try."""
     settings = WorkerSettings()
     try:
         sessions = with_database(_sessions, "connecting", settings.database_wait)
-        return execute_run(
+        return execute_task(
             run_id,
             sessions,
+            slice_runs=settings.slice_runs,
+            slice_memory_gib=settings.slice_memory_gib,
             stale_after=timedelta(seconds=settings.stale_seconds),
             flush_rows=settings.flush_rows,
             heartbeat_seconds=settings.heartbeat_seconds,

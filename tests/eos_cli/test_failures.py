@@ -51,7 +51,7 @@ def test_eos_run_says_why_a_run_failed_at_once(tmp_path: Path, monkeypatch: pyte
 def test_a_run_failing_half_way_is_explained_by_run_runs_watch_and_submit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.runner, "train", failing_train(20))
+    monkeypatch.setattr(worker.runner, "train_slice", failing_train(20))
     db = tmp_path / "eos.sqlite"
     ran = eos("run", write_spec(tmp_path / "spec.yaml"), "--db", db)
     assert ran.exit_code == 0, ran.output

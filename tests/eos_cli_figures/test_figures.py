@@ -144,7 +144,7 @@ def test_figures_are_drawn_then_reused_from_the_store(tmp_path: Path, monkeypatc
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a stored run was trained again")
 
-    monkeypatch.setattr("worker.runner.train", refuse)
+    monkeypatch.setattr("worker.runner.train_slice", refuse)
     for path in out.glob("*.png"):
         path.unlink()
     result = _invoke("--out", str(out), "--db", str(db), "--scale", "tiny")
@@ -169,7 +169,9 @@ def test_only_the_missing_cells_are_trained(tmp_path: Path) -> None:
     redone = second.figures[0].runs[1]
     assert redone.run_id != failed.run_id and redone.params == failed.params
     assert redone.status == "completed"
-    np.testing.assert_array_equal(redone.trace["loss"], failed.trace["loss"])  # same seed, same trajectory
+    # Same seed, same trajectory: the redone run trains alone, the first in a slice with the other
+    # step size, so they agree to float32 rounding (eos_core.train_slice), not bit for bit.
+    np.testing.assert_allclose(redone.trace["loss"], failed.trace["loss"], rtol=1e-5, atol=0)
     with sessions.begin() as session:  # the new experiment holds only the redone cell
         new = session.scalars(select(Run).where(Run.experiment_id == second.figures[0].experiment_id)).all()
         assert [r.id for r in new] == [redone.run_id]

@@ -104,17 +104,22 @@ FAILURE = "FloatingPointError: the loss exploded (simulated)"
 
 
 def failing_train(fail_at: int) -> Callable[..., Any]:
-    """worker.runner.train that raises FloatingPointError once `fail_at` steps are done, as a step that
-    crashes would: monkeypatch it in (`monkeypatch.setattr(worker.runner, "train", failing_train(20))`)."""
-    from eos_core import train
+    """worker.runner.train_slice whose every run raises FloatingPointError once `fail_at` steps are done,
+    as a step that crashes would; each run ends alone, as eos_core.train_slice ends a run whose progress
+    callback raises. Monkeypatch it in (`monkeypatch.setattr(worker.runner, "train_slice", failing_train(20))`)."""
+    from eos_core import train_slice
 
-    def crashing(spec: Any, sink: Any = None, progress: Any = None) -> Any:
+    def crash_after(report: Any) -> Callable[[int, int], None]:
         def step_done(step: int, steps: int) -> None:
-            if progress is not None:
-                progress(step, steps)
+            if report is not None:
+                report(step, steps)
             if step >= fail_at:
                 raise FloatingPointError("the loss exploded (simulated)")
 
-        return train(spec, sink=sink, progress=step_done)
+        return step_done
+
+    def crashing(specs: Any, sinks: Any = None, progress: Any = None, **kwargs: Any) -> Any:
+        reports = progress if progress is not None else [None] * len(specs)
+        return train_slice(specs, sinks, [crash_after(r) for r in reports], **kwargs)
 
     return crashing

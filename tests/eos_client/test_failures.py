@@ -43,7 +43,7 @@ def test_a_run_that_fails_at_once_says_why(
 
 
 def test_a_run_that_fails_half_way_keeps_the_step_it_reached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker.runner, "train", failing_train(20))
+    monkeypatch.setattr(worker.runner, "train_slice", failing_train(20))
     with Client.local(tmp_path / "eos.sqlite") as client:
         experiment = client.submit(tiny_spec(chunk_rows=8), sweep={"optimizer.lr": [0.5, 2.0]})
         frame = client.wait(experiment, progress=False, timeout=60)

@@ -97,7 +97,7 @@ def test_a_failed_run_is_explained_over_http(remote: Remote, monkeypatch: pytest
 
     from .support import FAILURE, failing_train
 
-    monkeypatch.setattr(worker.runner, "train", failing_train(20))
+    monkeypatch.setattr(worker.runner, "train_slice", failing_train(20))
     with remote.client() as client:
         experiment = client.submit(tiny_spec(), name="fails on the worker")
         (run_id,) = experiment.run_ids

@@ -10,6 +10,7 @@ from torch.func import hessian
 from eos_core import RunSpec, train
 from eos_core.data import load_dataset
 from eos_core.sharpness import SharpnessTracker, lanczos_top
+from eos_core.stack import Stack
 from eos_core.training import build_objective
 
 SMALL_DATA = {"kind": "gaussian_mixture", "classes": 3, "per_class": 10, "dim": 4, "separation": 1.0}
@@ -124,6 +125,7 @@ def test_batch_sharpness_and_quadratic_forms_survive_tiny_float32_losses() -> No
     fitted = train(RunSpec.model_validate({**base, "dtype": "float64"}))
     assert fitted.summary["final_acc"] == 1.0
     results = {}
+    stacked = {}
     for dtype in ("float32", "float64"):
         spec = RunSpec.model_validate({**base, "dtype": dtype})
         obj = build_objective(spec, load_dataset(spec.dataset, 0), torch.device("cpu"), 0)
@@ -140,8 +142,17 @@ def test_batch_sharpness_and_quadratic_forms_survive_tiny_float32_losses() -> No
             obj.batch_sharpness_terms(theta, batches).double(),
             obj.eval_quadratic_forms(theta, g),
         )
+        # The stacked objective the training loop uses (a slice of one) keeps the same scaling.
+        stack, row = Stack([obj]), torch.zeros(1, dtype=torch.long)
+        stacked[dtype] = (
+            stack.batch_sharpness_terms(theta[None], row, batches[None])[0].double(),
+            stack.eval_quadratic_forms(theta[None], row, g[None])[0],
+        )
     loss32, sharp32, forms32 = results["float32"]
     _, sharp64, forms64 = results["float64"]
+    for dtype in ("float32", "float64"):
+        torch.testing.assert_close(stacked[dtype][0], sharp64, rtol=1e-3, atol=0)
+        torch.testing.assert_close(stacked[dtype][1], forms64, rtol=1e-2, atol=0)
     assert 0 < loss32 < 1e-15
     assert torch.isfinite(sharp32).all() and (sharp32 > 0).all()
     torch.testing.assert_close(sharp32, sharp64, rtol=1e-3, atol=0)

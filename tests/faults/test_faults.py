@@ -20,8 +20,11 @@ SHORT = {
     "EOS_HEARTBEAT_SECONDS": "0.5",
     "EOS_REAP_EVERY": "1",
     "EOS_QUEUE_CHECK_SECONDS": "1",
+    # Slices of two: with 5 runs and 2 workers, each worker trains a slice and one run waits queued.
+    "EOS_SLICE_RUNS": "2",
 }
-CONFIG = Config(settings=SHORT, runs=3, steps=1200, deadline=60.0, outage=20.0, redis_down=3.0)
+# 12,000 steps: a slice of two takes seconds, long enough to be caught mid-run.
+CONFIG = Config(settings=SHORT, runs=5, steps=12000, deadline=60.0, outage=20.0, redis_down=3.0)
 
 MISSING = [str(p) for p in (PG_BIN / "initdb", PG_BIN / "pg_ctl", REDIS_SERVER) if not os.access(p, os.X_OK)]
 pytestmark = [
