@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .loss import logit_gradient, margins, per_sample_loss, per_sample_loss_value
+from .models import apply_weights
 from .objective import VMAP_BUDGET, Objective
 
 
@@ -48,6 +49,7 @@ class Stack:
         self.lr = self.lr64.to(device=first.x_train.device, dtype=first.x_train.dtype)
         self._pinned: torch.Tensor | None = None
         self._pinned_leaves: dict[str, torch.Tensor] = {}
+        self._pinned_views: dict[str, torch.Tensor] = {}
 
     # --- data of some runs -------------------------------------------------------------
     @staticmethod
@@ -58,8 +60,10 @@ class Stack:
     def _batch(self, rows: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (M, B, d) and labels (M, B) of batch idx[i] (M, B) of run rows[i]."""
         idx = idx.to(self.x_train.device)
-        if self.x_train.shape[0] == 1:
-            return self.x_train[0][idx], self.y_train[0][idx]
+        if self.x_train.shape[0] == 1:  # index_select: several times cheaper than advanced indexing
+            flat = idx.reshape(-1)
+            x = self.x_train[0].index_select(0, flat).view(*idx.shape, -1)
+            return x, self.y_train[0].index_select(0, flat).view(idx.shape)
         run = rows.to(self.x_train.device).unsqueeze(-1)
         return self.x_train[run, idx], self.y_train[run, idx]
 
@@ -88,6 +92,7 @@ class Stack:
         """Keep autograd leaves viewing each layer of `thetas` (the live stack, updated in place)."""
         self._pinned = thetas
         self._pinned_leaves = self._make_leaves(thetas)
+        self._pinned_views = self.model.unflatten(thetas)
 
     def _make_leaves(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
         # Each layer a leaf of its own: the gradient of one flat leaf through slices of it would
@@ -105,8 +110,9 @@ class Stack:
             x, y = x[0], y.expand(x.shape[:-1])[0]
         scale = 1.0 / x.shape[-2]
         if self.linear:
-            th = thetas[0] if one else thetas
-            logits = self.model.logits(th, x)
+            views = self._pinned_views if thetas is self._pinned else self.model.unflatten(thetas)
+            w = views["W"][0] if one else views["W"]
+            logits = apply_weights(x, w)
             p = logit_gradient(logits, y).mul_(scale)
             if x.dim() == 3 and x.shape[0] == 1 and p.dim() == 3:  # shared inputs: one product for all runs
                 g = (p.transpose(1, 2).reshape(-1, x.shape[1]) @ x[0]).view(len(p), -1)

@@ -12,6 +12,7 @@ stack at the next check and the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -155,6 +156,7 @@ def _prepare(
     sink: Sink | None,
     progress: Progress | None,
     loaded: dict[tuple[str, int], Dataset],
+    built: dict[int, Objective],
 ) -> _Run:
     started = time.perf_counter()
     init_seed, train_seed, measure_seed, eval_seed = _seeds(spec.seed)
@@ -167,7 +169,13 @@ def _prepare(
         if key not in loaded:
             loaded[key] = load_dataset(spec.dataset, spec.seed)
         dataset = loaded[key]
-    objective = build_objective(spec, dataset, device, eval_seed)
+    if spec.instrument.eval_subset is None and id(dataset) in built:
+        # Runs on the same data share its tensors (the stack then holds them once) and the model.
+        objective = dataclasses.replace(built[id(dataset)], lr=spec.effective_lr)
+    else:
+        objective = build_objective(spec, dataset, device, eval_seed)
+        if spec.instrument.eval_subset is None:
+            built[id(dataset)] = objective
     sampler = BatchSampler(len(dataset.x_train), spec.optimizer.batch_size, spec.optimizer.sampler, _gen(train_seed))
     streams = _instrument_streams(measure_seed)
     ins = spec.instrument
@@ -432,6 +440,7 @@ def train_slice(
     started = time.perf_counter()
     device = resolve_device(specs[0].device)
     loaded: dict[tuple[str, int], Dataset] = {}
+    built: dict[int, Objective] = {}
     runs = [
         _prepare(
             spec,
@@ -440,6 +449,7 @@ def train_slice(
             sinks[i] if sinks is not None else None,
             progress[i] if progress is not None else None,
             loaded,
+            built,
         )
         for i, spec in enumerate(specs)
     ]
