@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .activations import Activation, make_activation
 from .spec import ModelSpec
@@ -57,14 +58,23 @@ class FlatModel:
             assert self.activation is not None and self.signs is not None
             w = p["W"]  # (..., k, m, d)
             k, m, d = w.shape[-3:]
-            flat = apply_weights(x, w.reshape(*w.shape[:-3], k * m, d))  # (..., n, k m)
+            lead = w.shape[:-3]
+            if _shares_inputs(x, lead):
+                # One product for every weight stack, and the hidden layer kept in its (n, ..., k, m)
+                # layout: moving n first would copy the largest tensor there is.
+                flat = x.reshape(-1, d) @ w.reshape(-1, d).transpose(0, 1)  # (n, L k m)
+                hidden = self.activation(flat.view(flat.shape[0], *lead, k, m))
+                return (hidden @ self.signs.to(hidden) / m).movedim(0, -2)  # (..., n, k)
+            flat = apply_weights(x, w.reshape(*lead, k * m, d))  # (..., n, k m)
             pre = flat.reshape(*flat.shape[:-1], k, m)
             return self.activation(pre) @ self.signs.to(pre) / m  # (..., n, k)
         assert self.activation is not None
         h = x
         depth = len(self.shapes) // 2
         for i in range(depth):
-            h = apply_weights(h, p[f"W{i}"]) + p[f"b{i}"].unsqueeze(-2)
+            w, b = p[f"W{i}"], p[f"b{i}"]
+            # One fused product and bias (addmm) for a run alone, as torch's own layers do.
+            h = F.linear(h, w, b) if w.dim() == 2 else apply_weights(h, w) + b.unsqueeze(-2)
             if i < depth - 1:
                 h = self.activation(h)
         return h
@@ -95,11 +105,16 @@ def apply_weights(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     weight matrix in one product: a broadcast batched product would first copy x per matrix.
     """
     lead = w.shape[:-2]
-    if lead and all(size == 1 for size in x.shape[:-2]) and x.dim() - 2 <= len(lead):
+    if _shares_inputs(x, lead):
         o, d = w.shape[-2:]
         out = x.reshape(-1, d) @ w.reshape(-1, d).transpose(0, 1)  # (n, L o)
         return out.view(out.shape[0], *lead, o).movedim(0, -2)
     return x @ w.transpose(-1, -2)
+
+
+def _shares_inputs(x: torch.Tensor, lead: torch.Size) -> bool:
+    """Are inputs x (..., n, d) one set for every weight matrix of a stack with leading dims `lead`?"""
+    return bool(lead) and all(size == 1 for size in x.shape[:-2]) and x.dim() - 2 <= len(lead)
 
 
 def build_model(spec: ModelSpec, in_dim: int, classes: int) -> FlatModel:

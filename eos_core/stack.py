@@ -50,6 +50,8 @@ class Stack:
         self._pinned: torch.Tensor | None = None
         self._pinned_leaves: dict[str, torch.Tensor] = {}
         self._pinned_views: dict[str, torch.Tensor] = {}
+        # The last evaluation's logits, with the parameters (and their version) they were taken at.
+        self._eval_logits: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     # --- data of some runs -------------------------------------------------------------
     @staticmethod
@@ -132,6 +134,7 @@ class Stack:
         """Per run on the evaluation set: loss, gradient (R', P), accuracy, smallest margin, largest |logit|."""
         x, y = self._of(self.x_eval, rows), self._of(self.y_eval, rows)
         grads, logits = self._grads(thetas, x, y)
+        self._eval_logits = (thetas, thetas._version, logits)
         labels = y.expand(logits.shape[:-1])
         return {
             "loss": per_sample_loss_value(logits, labels).mean(dim=-1),
@@ -166,7 +169,11 @@ class Stack:
     def train_scores(self, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Per run and training example (R', n), ||d l_i / d z|| * ||x_i||, float64 (see Objective.train_scores)."""
         x, y = self._of(self.x_train, rows), self._of(self.y_train, rows)
-        logits = self.model.logits(thetas, x).double()
+        cached = self._eval_logits
+        if self.eval_is_train and cached is not None and cached[0] is thetas and cached[1] == thetas._version:
+            logits = cached[2].double()  # eval_state's logits at these very parameters: the training set's
+        else:
+            logits = self.model.logits(thetas, x).double()
         labels = y.expand(logits.shape[:-1])
         z_y = logits.gather(-1, labels.unsqueeze(-1))
         own = labels.unsqueeze(-1) == torch.arange(logits.shape[-1], device=logits.device)

@@ -301,12 +301,13 @@ class _Slice:
         estimates: list[DriftEstimate | None] = [None] * len(rows)
         if self.drift_plan is not None and t % ins.drift_every == 0 and finite.any():
             at = torch.tensor(np.flatnonzero(finite), dtype=torch.long)
+            every = bool(finite.all())  # the stack itself then: its evaluation logits are reused
             drifts = estimate_drifts(
                 stack,
-                rows[at],
-                thetas[at],
-                state["grad"][at],
-                state["logit_scale"][at],
+                rows if every else rows[at],
+                thetas if every else thetas[at],
+                state["grad"] if every else state["grad"][at],
+                state["logit_scale"] if every else state["logit_scale"][at],
                 [self.runs[self.live[j]].sampler for j in at.tolist()],
                 [self.runs[self.live[j]].streams["drift"] for j in at.tolist()],
                 self.drift_plan,
