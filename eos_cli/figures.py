@@ -705,15 +705,14 @@ def paper(
         bool,
         typer.Option(
             "--sequential",
-            help="train the runs one at a time, as before sweep slices, to compare the training wall time "
+            help="train the runs one at a time (slices of one run), to compare the training wall time "
             "(give each mode a fresh --db: runs found in the store are reused, not trained)",
         ),
     ] = False,
 ) -> None:
     """Run (or reuse from the store) the paper's Section 6 experiments and draw Figures 4 to 6.
 
-    Each figure's runs train as sweep slices (one computation per slice of step sizes); the
-    training wall time of each figure is printed at the end."""
+    The runs of each figure train as sweep slices; each figure's training time is printed at the end."""
     from eos_client.local import local_engine
     from store.db import database_url, session_factory, upgrade
 
