@@ -218,9 +218,10 @@ class _Slice:
     # --- the training step ----------------------------------------------------------------
     def batches(self, t: int, steps: int) -> torch.Tensor:
         """The live runs' batches at step t, (R', B), from blocks drawn ahead."""
-        if t - self.block_start >= self.block.shape[1] if self.block.numel() else True:
+        if not self.block.numel() or t - self.block_start >= self.block.shape[1]:
             count = min(BLOCK, steps - t)
-            self.block = torch.stack([self.runs[i].sampler.block(count) for i in self.live])
+            blocks = [self.runs[i].sampler.block(count) for i in self.live]
+            self.block = torch.stack(blocks).to(self.thetas.device)  # one copy per block, not per step
             self.block_start = t
         return self.block[:, t - self.block_start]
 
