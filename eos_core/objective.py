@@ -1,4 +1,8 @@
-"""The training objective as pure functions of the flat parameters (torch.func friendly)."""
+"""The training objective of one run as pure functions of its flat parameters (torch.func friendly).
+
+The training loop computes on stacks of runs (eos_core.stack); these single-run functions are
+what its tests and the calibration bank hold it against, and what the analysis tools use.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, grad_and_value, jvp, vmap
 
-from .loss import margins, mean_loss, per_sample_loss
+from .loss import margins, mean_loss
 from .models import FlatModel
 
 # Elements of the largest intermediate a vmapped evaluation may hold at once.
@@ -70,31 +74,6 @@ class Objective:
     def eval_is_train(self) -> bool:
         """Is the evaluation set the whole training set (no eval_subset)?"""
         return len(self.x_eval) == len(self.x_train)
-
-    def train_grad(self, theta: torch.Tensor) -> torch.Tensor:
-        """Gradient of the loss on the whole training set: E_B[g_B] for every sampler."""
-        return grad(lambda th: self.loss_on(th, self.x_train, self.y_train))(theta)
-
-    def train_scores(self, theta: torch.Tensor) -> torch.Tensor:
-        """Per training example, ||d l_i / d z|| * ||x_i||, float64, shape (n,).
-
-        For the linear model this is exactly ||grad l_i||; for the others it is the same
-        product at the input, a proxy for how far example i moves the parameters. The logit
-        gradient p - e_y is formed from p_j = exp(z_j - z_y - l_i) (j != y), so it stays
-        accurate at losses far below the dtype's epsilon, where 1 - p_y rounds to 0.
-        """
-        logits = self.model.logits(theta, self.x_train).double()
-        z_y = logits.gather(-1, self.y_train.unsqueeze(-1))
-        own = self.y_train.unsqueeze(-1) == torch.arange(logits.shape[-1], device=logits.device)
-        loss = per_sample_loss(logits, self.y_train).unsqueeze(-1)
-        p_other = torch.exp((logits - z_y - loss).masked_fill(own, float("-inf")))  # p_j, j != y
-        miss = p_other.sum(dim=-1)  # 1 - p_y
-        norm_z = torch.sqrt((p_other * p_other).sum(dim=-1) + miss * miss)
-        return norm_z * torch.linalg.vector_norm(self.x_train.double(), dim=-1)
-
-    def test_state(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model.logits(theta, self.x_test)
-        return mean_loss(logits, self.y_test), (logits.argmax(-1) == self.y_test).to(theta.dtype).mean()
 
     def _chunk(self, rows: int) -> int:
         per_item = rows * self.model.widest * 4  # activations and their derivatives
