@@ -133,22 +133,23 @@ class Stack:
         g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
         return g, logits.detach().unsqueeze(0) if one else logits.detach()
 
+    def _grads_in_pieces(
+        self, thetas: torch.Tensor, rows: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """_grads on a whole data set (x_all: shared or per run), a few runs at a time (see EVAL_PIECE)."""
+        group = max(1, EVAL_PIECE // max(1, x_all.shape[1] * self.model.widest))  # runs at a time
+        if len(thetas) <= group:
+            return self._grads(thetas, self._of(x_all, rows), self._of(y_all, rows))
+        pieces = []
+        for r in range(0, len(thetas), group):
+            some = rows[r : r + group]
+            pieces.append(self._grads(thetas[r : r + group], self._of(x_all, some), self._of(y_all, some)))
+        return torch.cat([g for g, _ in pieces]), torch.cat([z for _, z in pieces])
+
     # --- evaluation --------------------------------------------------------------------
     def eval_state(self, thetas: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per run on the evaluation set: loss, gradient (R', P), accuracy, smallest margin, largest |logit|."""
-        group = max(1, EVAL_PIECE // max(1, self.x_eval.shape[1] * self.model.widest))  # runs at a time
-        if len(thetas) <= group:
-            grads, logits = self._grads(thetas, self._of(self.x_eval, rows), self._of(self.y_eval, rows))
-        else:
-            pieces = [
-                self._grads(
-                    thetas[r : r + group],
-                    self._of(self.x_eval, rows[r : r + group]),
-                    self._of(self.y_eval, rows[r : r + group]),
-                )
-                for r in range(0, len(thetas), group)
-            ]
-            grads, logits = torch.cat([g for g, _ in pieces]), torch.cat([z for _, z in pieces])
+        grads, logits = self._grads_in_pieces(thetas, rows, self.x_eval, self.y_eval)
         y = self._of(self.y_eval, rows)
         self._eval_logits = (thetas, thetas._version, logits)
         labels = y.expand(logits.shape[:-1])
@@ -188,8 +189,7 @@ class Stack:
 
     def train_grads(self, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Gradient of the loss on the whole training set (R', P): E_B[g_B] for every sampler."""
-        x, y = self._of(self.x_train, rows), self._of(self.y_train, rows)
-        return self._grads(thetas, x, y)[0]
+        return self._grads_in_pieces(thetas, rows, self.x_train, self.y_train)[0]
 
     def train_scores(self, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Per run and training example (R', n), ||d l_i / d z|| * ||x_i||, float64 (see Objective.train_scores)."""
