@@ -3,10 +3,11 @@
 bench/drift_calibration.py runs the full bank; this one (B <= 2, six step sizes from 0.3
 to 1e4, both models and dtypes, trajectory points and perturbations) asserts the targets of
 issue 7 on the tails and the median: |z| > 3 for at most 1% of points, median |z| in
-[0.55, 0.80] (0.674 for a normal). (On the bench's full bank the median is 0.51: there, with
-B = 4, the stated error is conservative.) Confident verdicts of the wrong sign: none where the exact
-|D| exceeds 3 stated errors, and at most 0.5% in all (the issue's 0.2% holds on the bench's
-full bank, where B = 4 is easier; this bank of B <= 2 has 2 of 504, both with |D| < 2 se).
+[0.55, 0.80] (0.674 for a normal). Here: 5 of 504 beyond 3, median 0.60; on the bench's full
+bank 8 of 1,080 and 0.56 (bench/results/2026-12-02-drift-calibration-after-f64.txt; with other
+measurement seeds the median there ranges 0.50-0.57). Confident verdicts of the wrong sign: none
+where the exact |D| exceeds 3 stated errors, and at most 0.2% in all (the bench's full bank has
+0 of 1,080; this bank of B <= 2 has 1 of 504, with |D| < 2 se: the bound holds, without margin).
 The estimator before issue 7 had 11% beyond 3 and 3 wrong verdicts on the bench's quick bank.
 """
 
@@ -53,7 +54,7 @@ def test_the_median_error_is_that_of_a_normal(outcomes: Table) -> None:
 def test_confidently_wrong_verdicts_are_rare(outcomes: Table) -> None:
     everything = [o for rows in outcomes.rows.values() for o in rows]
     assert not [o for o in everything if o.wrong and abs(o.exact_over_se) > 3]
-    assert outcomes.overall()["wrong"] <= 0.005 * outcomes.overall()["points"]
+    assert outcomes.overall()["wrong"] <= 0.002 * outcomes.overall()["points"]
 
 
 def test_judging_catches_an_overconfident_error() -> None:

@@ -198,3 +198,17 @@ def test_a_loss_underflowed_to_zero_is_undecided_without_spending_the_budget() -
         theta, obj.eval_state(theta)["grad"]
     )
     assert estimate.drift == 0.0 and estimate.samples == 16 and estimate.verdict == 0.5
+
+
+def test_a_float32_drift_below_float32_resolution_is_enumerated_in_float64() -> None:
+    """At lr 1e-6 the drift is ~1e-7 of the loss, at float32's rounding: the run goes over to float64."""
+    obj32, sampler, theta = _setup(lr=1e-6, batch_size=1, dtype="float32")
+    obj64, _, _ = _setup(lr=1e-6, batch_size=1, dtype="float64")
+    obj64.x_train, obj64.x_eval = obj32.x_train.double(), obj32.x_eval.double()  # the same rounded data
+    theta64 = theta.double()
+    exact32 = DriftEstimator(obj32, sampler, torch.Generator(), "exact", 256, 0.95)(theta, _state(obj32, theta)[1])
+    exact64 = DriftEstimator(obj64, sampler, torch.Generator(), "exact", 256, 0.95)(theta64, _state(obj64, theta64)[1])
+    loss = float(_state(obj64, theta64)[0])
+    assert abs(exact64.drift) < 1e-5 * loss  # below what float32 losses resolve
+    assert abs(exact32.drift - exact64.drift) < 1e-6 * abs(exact64.drift)
+    assert exact32.batch_grads.dtype == torch.float32  # quad_drift gets the run's own dtype
