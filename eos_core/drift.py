@@ -490,16 +490,21 @@ class _Look:
         precise = torch.tensor([runs.precise[i] for i in active])
         narrow = runs.narrow
         # The floors at each run's own arithmetic: its rounding, and the rounding level of its residuals.
-        rounding = torch.where(
-            precise,
-            _rounding_errors(starts[at], after, torch.float64, scales[at]),
-            _rounding_errors(starts[at], after, narrow, scales[at]),
-        )
-        unseen = torch.where(
-            precise,
-            unseen_errors(self.wy, self.wc, c_mean, torch.finfo(torch.float64).eps),
-            unseen_errors(self.wy, self.wc, c_mean, torch.finfo(narrow).eps),
-        )
+        dtypes = [torch.float64] if bool(precise.all()) else [narrow] if not bool(precise.any()) else []
+        if dtypes:  # every run in one arithmetic (the usual case): each floor once
+            rounding = _rounding_errors(starts[at], after, dtypes[0], scales[at])
+            unseen = unseen_errors(self.wy, self.wc, c_mean, torch.finfo(dtypes[0]).eps)
+        else:
+            rounding = torch.where(
+                precise,
+                _rounding_errors(starts[at], after, torch.float64, scales[at]),
+                _rounding_errors(starts[at], after, narrow, scales[at]),
+            )
+            unseen = torch.where(
+                precise,
+                unseen_errors(self.wy, self.wc, c_mean, torch.finfo(torch.float64).eps),
+                unseen_errors(self.wy, self.wc, c_mean, torch.finfo(narrow).eps),
+            )
         # hypot: squares of errors at losses near 1e-160 underflow
         statistical = torch.hypot(jackknife, unseen)
         self.se = torch.hypot(torch.hypot(statistical, rounding), _taylor_errors(self.wy, self.wc, rounding))
