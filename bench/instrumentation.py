@@ -60,7 +60,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 
 from eos_core.data import Dataset, load_dataset
 from eos_core.models import build_model
-from eos_core.sharpness import EigenPair, SharpnessTracker, lanczos_top
+from eos_core.sharpness import EigenPair, SharpnessTracker, lanczos_top_batched, track_sharpness
 from eos_core.spec import RunSpec
 from eos_core.training import RunResult, train
 
@@ -329,26 +329,22 @@ def run_eos(spec: RunSpec, data: Dataset) -> tuple[float, RunResult]:
 
 
 # --- Hessian-vector products: warm against cold ------------------------------------------
-class ColdComparingTracker(SharpnessTracker):
-    """The tracker eos_core uses (its warm-started pair is what gets recorded), plus a cold call.
+class ColdComparison:
+    """Wraps eos_core's batched sharpness call (the warm-started pairs are what gets recorded) and
+    adds a cold call: lanczos_top_batched from fresh random vectors with the same operator, i.e.
+    at the same parameters, drawing from its own generator so the run's streams are untouched."""
 
-    The cold call runs `lanczos_top` from a fresh random vector with the same operator, i.e.
-    at the same parameters, drawing from its own generator so the run's streams are untouched.
-    """
-
-    instances: ClassVar[list[ColdComparingTracker]] = []
-
-    def __init__(self, tol: float, max_iter: int, generator: torch.Generator) -> None:
-        super().__init__(tol, max_iter, generator)
+    def __init__(self) -> None:
         self.cold_generator = torch.Generator().manual_seed(12345)
-        self.calls: list[tuple[EigenPair, EigenPair]] = []  # (warm, cold)
-        ColdComparingTracker.instances.append(self)
+        self.calls: list[tuple[EigenPair, EigenPair]] = []  # (warm, cold), one run's calls in order
 
-    def __call__(self, hvp: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> EigenPair:
-        warm = super().__call__(hvp, like)
-        start = torch.randn(like.shape, generator=self.cold_generator, dtype=torch.float64).to(like)
-        cold = lanczos_top(hvp, start, self.tol, self.max_iter)
-        self.calls.append((warm, cold))
+    def __call__(
+        self, trackers: list[SharpnessTracker], hvp: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor
+    ) -> list[EigenPair]:
+        warm = track_sharpness(trackers, hvp, like)
+        starts = torch.randn(like.shape, generator=self.cold_generator, dtype=torch.float64).to(like)
+        cold = lanczos_top_batched(hvp, starts, trackers[0].tol, trackers[0].max_iter)
+        self.calls.extend(zip(warm, cold, strict=True))
         return warm
 
 
@@ -365,10 +361,9 @@ class HvpReport:
 
 
 def hvp_comparison(spec: RunSpec, data: Dataset, timed_hvps: np.ndarray) -> HvpReport:
-    ColdComparingTracker.instances.clear()
-    with mock.patch.object(eos_train, "SharpnessTracker", ColdComparingTracker):
+    tracker = ColdComparison()
+    with mock.patch.object(eos_train, "track_sharpness", tracker):
         result = train(spec, dataset=data)
-    (tracker,) = ColdComparingTracker.instances
     warm = np.array([w.products for w, _ in tracker.calls], dtype=float)
     cold = np.array([c.products for _, c in tracker.calls], dtype=float)
     gaps = [abs(w.value - c.value) / max(abs(c.value), 1e-30) for w, c in tracker.calls]
