@@ -54,6 +54,7 @@ class Stack:
         self._pinned: torch.Tensor | None = None
         self._pinned_leaves: dict[str, torch.Tensor] = {}
         self._pinned_views: dict[str, torch.Tensor] = {}
+        self._pinned_row: torch.Tensor | None = None
         # The last evaluation's logits, with the parameters (and their version) they were taken at.
         self._eval_logits: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
@@ -97,7 +98,8 @@ class Stack:
     def pin(self, thetas: torch.Tensor) -> None:
         """Keep autograd leaves viewing each layer of `thetas` (the live stack, updated in place)."""
         self._pinned = thetas
-        self._pinned_leaves = self._make_leaves(thetas)
+        self._pinned_row = thetas[0] if len(thetas) == 1 else None  # a run alone: leaves of its own vector
+        self._pinned_leaves = self._make_leaves(thetas if self._pinned_row is None else self._pinned_row)
         self._pinned_views = self.model.unflatten(thetas)
 
     def _make_leaves(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -106,7 +108,10 @@ class Stack:
         return {name: part.detach().requires_grad_(True) for name, part in self.model.unflatten(thetas).items()}
 
     def _leaves(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._pinned_leaves if thetas is self._pinned else self._make_leaves(thetas)
+        pinned = thetas is self._pinned or (
+            thetas.dim() == 1 and self._pinned_row is not None and _same(thetas, self._pinned_row)
+        )
+        return self._pinned_leaves if pinned else self._make_leaves(thetas)
 
     def _grads(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients (M, P) of the mean loss over each item's examples (x: (M, b, d)), and the logits."""
@@ -126,9 +131,9 @@ class Stack:
                 g = p.transpose(-1, -2) @ x  # (M, k, d)
             return g.reshape(thetas.shape), logits.unsqueeze(0) if one else logits
         with torch.enable_grad():
-            leaves = self._leaves(thetas)
-            parts = {name: leaf[0] for name, leaf in leaves.items()} if one else leaves
-            logits = self.model.forward(parts, x)
+            # One run: leaves of the run's own vector, so that no per-layer select sits in the graph.
+            leaves = self._leaves(thetas[0] if one else thetas)
+            logits = self.model.forward(leaves, x)
             grads = torch.autograd.grad(logits, list(leaves.values()), logit_gradient(logits.detach(), y).mul_(scale))
         g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
         return g, logits.detach().unsqueeze(0) if one else logits.detach()
@@ -261,6 +266,11 @@ class Stack:
             products = torch.autograd.grad(grads, list(leaves.values()), _split(units, shapes))
         hu = torch.cat([p.reshape(r * k, -1) for p in products], dim=-1)
         return (units * hu).sum(dim=-1).view(r, k)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Do two views cover the same memory the same way (thetas[0] is a new view object each time)?"""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
 
 
 def _split(vectors: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
