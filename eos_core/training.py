@@ -346,6 +346,7 @@ class _Slice:
             out.append(row)
             if not finite[j]:
                 run.end("diverged")  # the guarded loss overflowed: logits beyond the dtype
+                run.theta = thetas[j].detach().clone()  # the iterate measured; the stack moves on
         return out
 
     def _curvature(self, at: list[int], estimates: list[DriftEstimate | None]) -> list[dict[str, float]]:
@@ -412,12 +413,14 @@ def _loop(sl: _Slice, steps: int) -> None:
         due = (t + 1) % report_every == 0
         if rows is None and not due:
             continue  # the hot path: nothing for the sinks or the progress callbacks
-        for i in sl.live:
+        for j, i in enumerate(sl.live):
             run = sl.runs[i]
             if run.running and rows is not None:
                 run.guarded(run.recorder.flush)
             if run.running and run.progress is not None and due:
                 run.guarded(partial(run.progress, t + 1, steps))
+            if not run.running and run.theta is None:  # stopped or failed here: its iterate now
+                run.theta = sl.thetas[j].detach().clone()
 
 
 def train_slice(

@@ -154,6 +154,10 @@ def test_stopping_or_failing_one_run_ends_it_alone() -> None:
     alone = train(specs[1])
     rows = len(stopped.trace["step"])
     assert np.allclose(alone.trace["loss"][:rows], stopped.trace["loss"], rtol=TOLERANCE, atol=0)
+    # Its parameters are the iterate it stopped at (after the update of its last row), not a later one.
+    last = int(stopped.trace["step"][-1])
+    short = specs[1].model_copy(update={"optimizer": specs[1].optimizer.model_copy(update={"steps": last + 1})})
+    assert np.allclose(train(short).params, stopped.params, rtol=TOLERANCE, atol=0)
 
 
 def test_a_run_alone_is_a_slice_of_one_and_its_sink_error_propagates() -> None:
@@ -183,3 +187,18 @@ def test_batches_drawn_ahead_are_the_stream_drawn_one_at_a_time(kind: str) -> No
     ahead = BatchSampler(10, 3, kind, torch.Generator().manual_seed(4))
     singles = torch.stack([one.next() for _ in range(7)])
     assert torch.equal(singles, torch.cat([ahead.block(3), ahead.block(4)]))
+
+
+def test_a_run_stopped_between_recorded_steps_keeps_the_iterate_it_stopped_at() -> None:
+    specs = _specs({"kind": "linear"}, [1.0, 5.0], {"every": 5, "drift_samples": 0, "sharpness_every": 0})[:2]
+
+    def stop_at_37(step: int, steps: int) -> None:
+        if step == 37:  # called after the update that made iterate 37
+            raise StopTraining
+
+    kept, stopped = train_slice(specs, progress=[None, stop_at_37])
+    assert not isinstance(stopped, Exception) and stopped.status == "stopped"
+    assert not isinstance(kept, Exception) and kept.status == "completed"
+    short = specs[1].model_copy(update={"optimizer": specs[1].optimizer.model_copy(update={"steps": 37})})
+    assert np.allclose(train(short).params, stopped.params, rtol=TOLERANCE, atol=0)
+    assert stopped.trace["step"][-1] == 35  # the last recorded row before the stop
