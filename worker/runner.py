@@ -255,7 +255,7 @@ class _Claimed:
     """A run this worker holds: its attempt number fences every write (lifecycle.beat, lifecycle.owned)."""
 
     run_id: int
-    spec: dict[str, Any]
+    spec: RunSpec | Exception  # a spec that no longer validates fails its run alone, with the reason
     steps: int
     attempt: int
 
@@ -276,7 +276,7 @@ def _claim(sessions: sessionmaker[Session], run_id: int, worker: str, stale_afte
         # A retry restarts from a clean slate: same seed, same trace, exactly one row per step.
         delete_trace(session=session, run_id=run_id)
         queries.delete_events(session=session, run_id=run_id, kinds=DERIVED_EVENTS)
-        return _Claimed(run_id, run.spec, run.steps, run.attempts)
+        return _Claimed(run_id, _parse(run.spec), run.steps, run.attempts)
 
 
 def _train_claimed(claimed: Sequence[_Claimed], options: _Options) -> dict[int, str | None]:
@@ -338,14 +338,18 @@ def _train_claimed(claimed: Sequence[_Claimed], options: _Options) -> dict[int, 
     return statuses
 
 
+def _parse(data: dict[str, Any]) -> RunSpec | Exception:
+    try:
+        return RunSpec.model_validate(data)
+    except Exception as error:
+        return error
+
+
 def _by_slice_key(claimed: Sequence[_Claimed]) -> list[list[_Claimed]]:
     """Runs grouped by slice key, in order of first appearance (a spec that does not validate: alone)."""
     groups: dict[str, list[_Claimed]] = {}
     for c in claimed:
-        try:
-            key = slice_key(RunSpec.model_validate(c.spec))
-        except Exception:
-            key = f"invalid:{c.run_id}"  # it fails on its own, with the validation error as its outcome
+        key = slice_key(c.spec) if isinstance(c.spec, RunSpec) else f"invalid:{c.run_id}"
         groups.setdefault(key, []).append(c)
     return list(groups.values())
 
@@ -353,31 +357,19 @@ def _by_slice_key(claimed: Sequence[_Claimed]) -> list[list[_Claimed]]:
 def _train_group(
     group: Sequence[_Claimed], sinks: dict[int, _StreamingSink], progress: SliceProgress | None
 ) -> list[RunResult | Exception]:
-    """One train_slice call for the runs of `group` that validate; a spec that does not is its run's outcome."""
-    outcomes: list[RunResult | Exception | None] = [None] * len(group)
-    specs: list[RunSpec] = []
-    trained: list[int] = []
-    for i, c in enumerate(group):
-        try:
-            specs.append(RunSpec.model_validate(c.spec))
-            trained.append(i)
-        except Exception as error:
-            outcomes[i] = error
-    if specs:
-        members = [group[i] for i in trained]
-        results: list[RunResult | Exception]
-        try:
-            results = train_slice(
-                specs,
-                sinks=[sinks[c.run_id] for c in members],
-                progress=[_reporter(sinks[c.run_id], progress) for c in members],
-            )
-        except Exception as error:  # what ended the whole slice (its data would not load) ends each run
-            results = [error] * len(members)
-        for i, outcome in zip(trained, results, strict=True):
-            outcomes[i] = outcome
-    assert all(o is not None for o in outcomes)
-    return [o for o in outcomes if o is not None]
+    """One train_slice call for the runs of `group` (one slice key); a spec that does not validate
+    is alone in its group, and its validation error is its outcome."""
+    specs = [c.spec for c in group if isinstance(c.spec, RunSpec)]
+    if len(specs) < len(group):  # an invalid spec is alone in its group (_by_slice_key)
+        return [c.spec for c in group if isinstance(c.spec, Exception)]
+    try:
+        return train_slice(
+            specs,
+            sinks=[sinks[c.run_id] for c in group],
+            progress=[_reporter(sinks[c.run_id], progress) for c in group],
+        )
+    except Exception as error:  # what ended the whole slice (its data would not load) ends each run
+        return [error] * len(group)
 
 
 def _reporter(sink: _StreamingSink, progress: SliceProgress | None) -> Progress:
