@@ -128,7 +128,7 @@ class Objective:
         chunk = self._chunk(len(self.x_eval))
 
         def form(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            u, scale, length = _unit(v)
+            u, scale, length = unit_rows(v)
             return torch.dot(u, hvp(u)), scale, length
 
         curvature, scale, length = vmap(form, chunk_size=chunk)(vectors)
@@ -145,15 +145,16 @@ class Objective:
             def loss(th: torch.Tensor) -> torch.Tensor:
                 return self.batch_loss(th, idx)
 
-            u, _, _ = _unit(grad(loss)(theta))
+            u, _, _ = unit_rows(grad(loss)(theta))
             return torch.dot(u, jvp(grad(loss), (theta,), (u,))[1])
 
         return vmap(one, chunk_size=self._chunk(batches.shape[1]))(batches)
 
 
-def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(v / ||v||, s, ||v / s||) with s = max |v_i|: v = s ||v / s|| u without under- or overflow."""
-    scale = v.abs().amax()
+def unit_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of v (..., P): (v / ||v||, s, ||v / s||) with s = max |v_i|: v = s ||v / s|| u
+    without under- or overflow (a vector alone gives scalars)."""
+    scale = v.abs().amax(dim=-1, keepdim=True)
     scaled = v / scale
-    length = torch.linalg.vector_norm(scaled)
-    return scaled / length, scale, length
+    length = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    return scaled / length, scale.squeeze(-1), length.squeeze(-1)

@@ -19,7 +19,7 @@ import torch
 
 from .loss import logit_gradient, margins, per_sample_loss, per_sample_loss_value
 from .models import apply_weights
-from .objective import VMAP_BUDGET, Objective
+from .objective import VMAP_BUDGET, Objective, unit_rows
 
 
 def _shared_or_stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -281,11 +281,3 @@ def _split(vectors: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Te
         parts.append(vectors[..., start : start + size].reshape(shape))
         start += size
     return parts
-
-
-def unit_rows(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of v (..., P): (v / ||v||, s, ||v / s||) with s = max |v_i|, without under- or overflow."""
-    scale = v.abs().amax(dim=-1, keepdim=True)
-    scaled = v / scale
-    length = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
-    return scaled / length, scale.squeeze(-1), length.squeeze(-1)
