@@ -248,10 +248,8 @@ class _Slice:
             suspect &= ~torch.isfinite(self.thetas).all(dim=1)
             if bool(suspect.any()):
                 self._replay(suspect)
+        # Runs that ended took their iterate with them (where they ended); they leave the stack here.
         keep = [j for j, i in enumerate(self.live) if self.runs[i].running]
-        for j, i in enumerate(self.live):
-            if not self.runs[i].running and self.runs[i].theta is None:
-                self.runs[i].theta = self.thetas[j].detach().clone()
         if len(keep) < len(self.live):
             at = torch.tensor(keep, dtype=torch.long)
             self.live = [self.live[j] for j in keep]
