@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,16 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
 
 
+@functools.cache
+def _block_counts(blocks: int) -> np.ndarray:
+    """How often each of `blocks` blocks is drawn in each resample (read-only; the same for every run)."""
+    picks = np.random.default_rng(0).integers(0, blocks, (RATE_RESAMPLES, blocks))
+    counts = np.zeros((RATE_RESAMPLES, blocks), dtype=np.int64)
+    np.add.at(counts, (np.arange(RATE_RESAMPLES)[:, None], picks), 1)
+    counts.setflags(write=False)
+    return counts
+
+
 def envelope_slope(t: np.ndarray, loss: np.ndarray) -> tuple[float, list[float] | None]:
     """Least-squares slope of log E_t on log t, and its block-bootstrap interval."""
     x, y = np.log(t.astype(np.float64)), np.log(upper_envelope(loss))
@@ -68,20 +79,17 @@ def envelope_slope(t: np.ndarray, loss: np.ndarray) -> tuple[float, list[float] 
         return slope, None
     # All resamples at once: resample r counts block b picks[r] == b times, and each point of
     # block b enters its least-squares fit with that weight (the same slope as the concatenation).
-    picks = np.random.default_rng(0).integers(0, len(members), (RATE_RESAMPLES, len(members)))
-    counts = (picks[:, :, None] == np.arange(len(members))).sum(axis=1)  # (resamples, blocks)
-    owner = np.empty(len(x), dtype=np.int64)
-    used = np.zeros(len(x), dtype=bool)
-    for b, m in enumerate(members):
-        owner[m], used[m] = b, True
-    xs, ys, w = x[used], y[used], counts[:, owner[used]].astype(np.float64)  # (resamples, points)
-    total = w.sum(axis=1, keepdims=True)
-    xc = xs - (w * xs).sum(axis=1, keepdims=True) / total
-    yc = ys - (w * ys).sum(axis=1, keepdims=True) / total
-    sxx = (w * xc * xc).sum(axis=1)
-    spread = np.where(w > 0, xs, np.nan)
-    moving = np.nanmax(spread, axis=1) > np.nanmin(spread, axis=1)  # the picked points span some log t
-    draws = ((w * xc * yc).sum(axis=1)[moving] / sxx[moving]).tolist()
+    counts = _block_counts(len(members)).astype(np.float64)  # (resamples, blocks)
+    # Each fit from the blocks' sums (counts, sums and cross products of the points, centred on
+    # the window's means so that nothing cancels): O(resamples x blocks) whatever the row count.
+    xc, yc = x - x.mean(), y - y.mean()
+    sums = np.array([[len(m), xc[m].sum(), yc[m].sum(), (xc[m] * xc[m]).sum(), (xc[m] * yc[m]).sum()] for m in members])
+    n, sx, sy, sxx, sxy = (counts @ sums).T
+    lows, highs = np.array([x[m].min() for m in members]), np.array([x[m].max() for m in members])
+    picked = counts > 0
+    moving = np.where(picked, highs, -np.inf).max(axis=1) > np.where(picked, lows, np.inf).min(axis=1)
+    spread = sxx - sx * sx / n
+    draws = (sxy - sx * sy / n)[moving] / spread[moving]  # the picked points span some log t
     a = (1 - LEVEL) / 2
     return slope, [float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))]
 
