@@ -50,6 +50,13 @@ class FlatModel:
         """
         return self.forward(self.unflatten(theta), x)
 
+    def class_major_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., k, n): the linear model's computed that way round (W x^T, contiguous);
+        the other models' as a transposed view of `logits`."""
+        if self.kind == "linear":
+            return weights_times_inputs(self.unflatten(theta)["W"], x)
+        return self.logits(theta, x).transpose(-1, -2)
+
     def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits from named parameters (as unflatten gives them; leaves of their own for autograd)."""
         if self.kind == "linear":
@@ -110,6 +117,18 @@ def apply_weights(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         out = x.reshape(-1, d) @ w.reshape(-1, d).transpose(0, 1)  # (n, L o)
         return out.view(out.shape[0], *lead, o).movedim(0, -2)
     return x @ w.transpose(-1, -2)
+
+
+def weights_times_inputs(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """w @ x^T with broadcast leading dimensions: w (..., o, d), x (..., n, d) -> (..., o, n).
+
+    apply_weights the other way round: each output unit's values over the examples contiguous.
+    """
+    lead = w.shape[:-2]
+    if _shares_inputs(x, lead):
+        o, d = w.shape[-2:]
+        return (w.reshape(-1, d) @ x.reshape(-1, d).transpose(0, 1)).view(*lead, o, x.shape[-2])
+    return w @ x.transpose(-1, -2)
 
 
 def _shares_inputs(x: torch.Tensor, lead: torch.Size) -> bool:

@@ -228,15 +228,15 @@ class _Slice:
     def step(self, t: int, steps: int, recorded: list[int] | None) -> None:
         """One SGD update of every live run; with the batch loss and gradient norm of the recorded rows."""
         idx = self.batches(t, steps)
-        g, batch_loss = self.stack.batch_grads(self.thetas, self.rows, idx, with_loss=recorded is not None)
-        if recorded is not None and batch_loss is not None:
+        # in place: the stack's autograd leaves view these parameters
+        g, batch_loss = self.stack.sgd_step(self.thetas, self.rows, idx, self.lr, record=recorded is not None)
+        if recorded is not None and g is not None and batch_loss is not None:
             norms = torch.linalg.vector_norm(g, dim=1, dtype=torch.float64).cpu().numpy()
             losses = batch_loss.double().cpu().numpy()
             for j, row in enumerate(recorded):
                 run = self.runs[self.live[j]]
                 if run.running and row >= 0:
                     run.recorder.set(row, batch_loss=losses[j], batch_grad_norm=norms[j])
-        self.thetas.sub_(self.lr * g)  # in place: the stack's autograd leaves view these parameters
         self.since_snapshot.append(idx)
 
     # --- finiteness, divergence and leaving the stack ----------------------------------------
@@ -265,8 +265,8 @@ class _Slice:
         thetas = self.snapshot.clone()
         found = torch.zeros_like(suspect)
         for s, idx in enumerate(self.since_snapshot):
-            g, _ = self.stack.batch_grads(thetas, self.rows, idx)
-            after = thetas - self.lr * g
+            after = thetas.clone()
+            self.stack.sgd_step(after, self.rows, idx, self.lr)
             bad = ~torch.isfinite(after).all(dim=1) & suspect & ~found
             for j in torch.nonzero(bad).flatten().tolist():
                 run = self.runs[self.live[j]]
@@ -398,6 +398,7 @@ def _loop(sl: _Slice, steps: int) -> None:
     every = sl.spec.instrument.every
     # Often enough that a worker's heartbeat never waits on a long run's cadence.
     report_every = max(1, min(steps // 200, 50))
+    watched = any(run.progress is not None for run in sl.runs)  # else no step is due for a report
     for t in range(steps + 1):
         recorded = t % every == 0 or t == steps
         if recorded or t % CHECK_EVERY == 0:
@@ -408,7 +409,7 @@ def _loop(sl: _Slice, steps: int) -> None:
         if t == steps:
             return
         sl.step(t, steps, rows)
-        due = (t + 1) % report_every == 0
+        due = (t + 1) % report_every == 0 and watched
         if rows is None and not due:
             continue  # the hot path: nothing for the sinks or the progress callbacks
         for j, i in enumerate(sl.live):

@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from eos_core.loss import margins, mean_loss, per_sample_loss
+from eos_core.loss import (
+    exp_floor,
+    exp_terms,
+    logit_gradient,
+    margins,
+    mean_loss,
+    per_sample_loss,
+    per_sample_loss_value,
+)
 
 
 def _logits(margin: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,3 +86,40 @@ def test_matches_cross_entropy_at_ordinary_values() -> None:
 def test_margins() -> None:
     z = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
     assert margins(z, torch.tensor([0, 2])).tolist() == [1.0, -4.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_exp_is_subnormal_and_terms_below_the_cut_count_as_zero(dtype: torch.dtype) -> None:
+    floor = exp_floor(dtype)
+    tiny = torch.finfo(dtype).tiny
+    assert math.exp(floor) >= tiny and math.exp(floor - 1) < tiny  # the least exponent with a normal exp
+    x = torch.tensor([0.0, -10.0, floor + 1.0, floor + 0.5, floor, floor - 5, -1e4, float("-inf")], dtype=dtype)
+    out = exp_terms(x)
+    nonzero = out[out != 0]
+    assert (nonzero.abs() >= tiny).all()  # nothing subnormal
+    assert torch.equal(out[:3], torch.exp(x[:3]))  # normal terms: exp itself
+    assert (out[3:] == 0).all()  # at most twice e^floor: 0, as an underflowed term
+    # a loss whose terms all lie below the cut underflows to exactly 0, in both layouts
+    logits, labels = _logits(-floor + 2.0, dtype)
+    assert per_sample_loss_value(logits, labels).item() == 0.0
+    assert per_sample_loss(logits, labels).item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_major_logits_give_the_same_losses_gradients_and_margins(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    z = (torch.randn(4, 30, 6, generator=gen, dtype=torch.float64) * 20).to(dtype)  # (runs, n, k)
+    y = torch.randint(6, (4, 30), generator=gen)
+    by_class = z.transpose(1, 2).contiguous()  # (runs, k, n)
+    rtol = 1e-6 if dtype == torch.float32 else 1e-14  # the sums over the classes may round in another order
+    assert torch.allclose(per_sample_loss_value(by_class, y, dim=-2), per_sample_loss_value(z, y), rtol=rtol, atol=0)
+    assert torch.allclose(per_sample_loss(by_class, y, dim=-2), per_sample_loss(z, y), rtol=rtol, atol=0)
+    assert torch.allclose(logit_gradient(by_class, y, dim=-2).transpose(1, 2), logit_gradient(z, y), rtol=rtol, atol=0)
+    assert torch.equal(margins(by_class, y, dim=-2), margins(z, y))
+    # and against float64 references written independently: log(1 + sum_{j != y} e^{z_j - z_y}), softmax - e_y
+    onehot = torch.nn.functional.one_hot(y, 6).double()
+    d = z.double() - z.double().gather(-1, y.unsqueeze(-1))
+    ref = torch.log1p((torch.exp(d) * (1 - onehot)).sum(-1))
+    assert torch.allclose(per_sample_loss_value(by_class, y, dim=-2).double(), ref, rtol=1e-5, atol=0)
+    grad_ref = torch.softmax(z.double(), -1) - onehot
+    assert torch.allclose(logit_gradient(z, y).double(), grad_ref, rtol=1e-4, atol=1e-6)

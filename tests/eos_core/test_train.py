@@ -70,7 +70,10 @@ def test_huge_step_runs_to_completion_with_finite_loss() -> None:
     assert result.status == "completed"
     assert np.isfinite(result.trace["loss"]).all()
     assert result.trace["loss"][1] > result.trace["loss"][0]  # the first huge step overshoots
-    assert result.trace["loss"][-1] > 0
+    # The margins outgrow float32's normal range: the loss underflows (terms below 3.3e-38 count as
+    # 0, eos_core.loss) and the iterate stops moving; nothing overflows on the way.
+    assert 0 <= result.trace["loss"][-1] < 1e-37
+    assert result.summary["frozen_from_step"] is not None
     assert result.summary["diverged_step"] is None
 
 
