@@ -39,7 +39,7 @@ import torch
 from scipy.stats import norm
 
 from .objective import Objective
-from .sampling import BatchSampler
+from .sampling import BatchSampler, draw_weighted_runs
 from .spec import MAX_EXACT_BATCHES
 from .stack import Stack
 from .verdict import OUTSIDE_S, verdict
@@ -347,23 +347,26 @@ def estimate_drifts(
     starts = torch.zeros(len(rows), dtype=torch.float64)
     drawn, chunk, looks = 0, max(plan.samples, 1), 0
     while active:
-        draws = [samplers[i].draw_weighted(chunk, proposal[i], generators[i]) for i in active]
+        at = torch.tensor(active)
+        drawn_now, weights_now = draw_weighted_runs(
+            [samplers[i] for i in active], chunk, proposal[at], [generators[i] for i in active]
+        )
         drawn += chunk
         looks += 1
-        y, c, g, losses = runs.evaluate(active, torch.stack([b for b, _ in draws]))
-        finite = torch.isfinite(y).all(dim=-1)
+        y, c, g, losses = runs.evaluate(active, drawn_now)
+        finite = torch.isfinite(y).all(dim=-1).tolist()
+        wy, wc = weights_now * y, weights_now * c
+        starts[at] = losses[:, 0]
         for j, i in enumerate(active):
-            batches, weights = draws[j]
-            drawn_batches[i].append(batches)
-            ws[i].append(weights)
-            ys[i].append(weights * y[j])
-            cs[i].append(weights * c[j])
+            drawn_batches[i].append(drawn_now[j])
+            ws[i].append(weights_now[j])
+            ys[i].append(wy[j])
+            cs[i].append(wc[j])
             gs[i].append(g[j])
             afters[i].append(losses[j, 1:])
-            starts[i] = losses[j, 0]
-            if not bool(finite[j]):  # a step so large the loss after it overflows
+            if not finite[j]:  # a step so large the loss after it overflows
                 results[i] = _overflowed(y[j], g[j], float(runs.c_mean[i]))
-        active = [i for j, i in enumerate(active) if bool(finite[j])]
+        active = [i for j, i in enumerate(active) if finite[j]]
         if not active:
             break
         look = _Look(runs, active, ys, cs, afters, starts, scales)

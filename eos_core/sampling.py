@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -64,19 +65,8 @@ class BatchSampler:
         proposal probability of a batch is (sum of its members' q) times its own probability
         divided by B/n, so the weight is B / (n * sum_{i in b} q_i): at most 1/min(n q).
         """
-        n, b = self.n, self.batch_size
-        special = torch.multinomial(proposal, count, replacement=True, generator=generator)  # (count,)
-        if b == 1:
-            others = torch.empty(count, 0, dtype=torch.long)
-        elif self.kind == "with_replacement":
-            others = torch.randint(n, (count, b - 1), generator=generator)
-        else:
-            keys = torch.rand(count, n, generator=generator)
-            keys[torch.arange(count), special] = 2.0  # never among the others: keys are < 1
-            others = keys.argsort(dim=1)[:, : b - 1]
-        batches = torch.cat([special.unsqueeze(1), others], dim=1)
-        weights = b / (n * proposal[batches].sum(dim=1))
-        return batches, weights
+        batches, weights = draw_weighted_runs([self], count, proposal.unsqueeze(0), [generator])
+        return batches[0], weights[0]
 
     def distinct_count(self) -> int | None:
         kind = "without_replacement" if self.kind == "reshuffle" else self.kind
@@ -101,6 +91,33 @@ class BatchSampler:
         log_p = [_log_multinomial(m) - b * math.log(n) for m in multisets]
         weights = torch.tensor(log_p, dtype=torch.float64).exp() * len(multisets)
         return torch.tensor(multisets, dtype=torch.long), weights
+
+
+def draw_weighted_runs(
+    samplers: Sequence[BatchSampler], count: int, proposals: torch.Tensor, generators: Sequence[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchSampler.draw_weighted for R runs of one slice (same n, B and kind), each from its own
+    proposal (R, n) and generator: (R, count, B) batches and (R, count) weights.
+
+    Each run's generator is called as draw_weighted calls it, so its batches are those it draws
+    alone; only the work that needs no random numbers is batched across the runs.
+    """
+    first = samplers[0]
+    n, b, runs = first.n, first.batch_size, len(samplers)
+    special = torch.stack(
+        [torch.multinomial(proposals[i], count, replacement=True, generator=g) for i, g in enumerate(generators)]
+    )  # (R, count)
+    if b == 1:
+        others = torch.empty(runs, count, 0, dtype=torch.long)
+    elif first.kind == "with_replacement":
+        others = torch.stack([torch.randint(n, (count, b - 1), generator=g) for g in generators])
+    else:
+        keys = torch.stack([torch.rand(count, n, generator=g) for g in generators])
+        keys.scatter_(-1, special.unsqueeze(-1), 2.0)  # never among the others: keys are < 1
+        others = keys.argsort(dim=-1)[..., : b - 1]
+    batches = torch.cat([special.unsqueeze(-1), others], dim=-1)
+    weights = b / (n * proposals.gather(1, batches.view(runs, -1)).view(runs, count, b).sum(dim=-1))
+    return batches, weights
 
 
 def _log_multinomial(members: tuple[int, ...]) -> float:

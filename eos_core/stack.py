@@ -103,8 +103,8 @@ class Stack:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """thetas[i] -= lr[i] g_b, b = idx[i], in place; with the batch gradients and losses if `record`.
 
-        The linear model's step is fused: each run's logit gradient is scaled by -lr / b and
-        added into its parameters by one batched product, without forming g_b. Replaying a step
+        The linear model's step is fused: each run's logit gradient is scaled by its lr and
+        added into its parameters, times -1/b, by one batched product, without forming g_b. Replaying a step
         through here gives the same bits.
         """
         if not self.linear:
@@ -123,9 +123,8 @@ class Stack:
         if record:
             g = (p @ x).div_(b).reshape(thetas.shape)
             loss = per_sample_loss_value(logits, y, dim=-2).mean(dim=-1).reshape(len(thetas))
-        scale = lr.div(-b)  # (R', 1)
-        step = p.mul_(scale.unsqueeze(-1) if p.dim() == 3 else scale)
-        w.baddbmm_(step, x) if w.dim() == 3 else w.addmm_(step, x)
+        step = p.mul_(lr.unsqueeze(-1) if p.dim() == 3 else lr)  # lr: (R', 1)
+        w.baddbmm_(step, x, alpha=-1.0 / b) if w.dim() == 3 else w.addmm_(step, x, alpha=-1.0 / b)
         return g, loss
 
     def pin(self, thetas: torch.Tensor) -> None:
