@@ -374,10 +374,10 @@ def estimate_drifts(
         # every batch it drew is evaluated again, and its estimate is made afresh from those.
         coarse = [i for j, i in enumerate(active) if runs.can_widen and not runs.precise[i] and bool(look.coarse[j])]
         if coarse:
-            again = torch.stack([torch.cat(drawn_batches[i]) for i in coarse])
+            again = torch.stack([_joined(drawn_batches[i]) for i in coarse])
             y, c, g, losses = runs.widen(coarse, again)
             for j, i in enumerate(coarse):
-                weights = torch.cat(ws[i])
+                weights = _joined(ws[i])
                 ys[i], cs[i], gs[i] = [weights * y[j]], [weights * c[j]], [g[j]]
                 afters[i], starts[i] = [losses[j, 1:]], losses[j, 0]
             look = _Look(runs, active, ys, cs, afters, starts, scales)
@@ -389,12 +389,15 @@ def estimate_drifts(
             done[:] = True
         # every loss has underflowed to 0: more batches cannot resolve the sign
         done |= (starts[active] == 0.0) & ~(look.wy != 0).any(dim=-1)
+        # Python numbers once for all runs: a float() of a tensor element costs a microsecond or two.
+        done_, trusted_, d_, se_ = done.tolist(), trusted.tolist(), d.tolist(), se.tolist()
+        raw_var, cv_var, c_mean = look.raw_var.tolist(), look.cv_var.tolist(), runs.c_mean.tolist()
         for j, i in enumerate(active):
-            if not bool(done[j]):
+            if not done_[j]:
                 continue
-            mean, err = float(d[j]), float(se[j])
+            mean, err = d_[j], se_[j]
             stable_p = _probability_nonpositive(mean, err)
-            if not bool(trusted[j]):
+            if not trusted_[j]:
                 # A budget spent while the residuals were still too skewed for a normal interval decides
                 # nothing: stable_p is held inside the undecided band, so that the verdict stays the
                 # function of stable_p that eos_core.verdict states (its normal probability is not trusted).
@@ -405,17 +408,22 @@ def estimate_drifts(
                 drawn,
                 stable_p,
                 False,
-                torch.cat(gs[i]),
-                torch.cat(ws[i]),
-                float(look.raw_var[j]),
-                float(look.cv_var[j]),
+                _joined(gs[i]),
+                _joined(ws[i]),
+                raw_var[j],
+                cv_var[j],
                 drawn + looks,
                 verdict(stable_p, plan.level),
-                float(runs.c_mean[i]),
+                c_mean[i],
             )
-        active = [i for j, i in enumerate(active) if not bool(done[j])]
+        active = [i for j, i in enumerate(active) if not done_[j]]
         chunk = min(drawn, plan.max_samples - drawn)  # double the sample
     return [r for r in results if r is not None]
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """A run's tensors of its looks end to end (the one itself after a single look: no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _Precision:
@@ -485,9 +493,9 @@ class _Look:
         scales: torch.Tensor,
     ) -> None:
         at = torch.tensor(active)
-        self.wy = torch.stack([torch.cat(ys[i]) for i in active])
-        self.wc = torch.stack([torch.cat(cs[i]) for i in active])
-        after = torch.stack([torch.cat(afters[i]) for i in active])
+        self.wy = torch.stack([_joined(ys[i]) for i in active])
+        self.wc = torch.stack([_joined(cs[i]) for i in active])
+        after = torch.stack([_joined(afters[i]) for i in active])
         c_mean = runs.c_mean[at]
         self.d, jackknife, self.raw_var, self.cv_var = control_variate_means(self.wy, self.wc, c_mean)
         precise = torch.tensor([runs.precise[i] for i in active])

@@ -36,20 +36,32 @@ def exp_floor(dtype: torch.dtype) -> float:
     return float(math.ceil(math.log(torch.finfo(dtype).tiny)))
 
 
+# From this many elements on, a CPU tensor is first checked for terms near the floor (one read):
+# without any, the clamp and the threshold (two writes) are skipped.
+FLOOR_CHECK_NUMEL = 4096
+
+
 def exp_terms(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """exp(x), with terms below twice e^exp_floor set to 0, never computing a subnormal (module doc)."""
     floor = exp_floor(x.dtype)
+    checked = x.device.type == "cpu" and x.numel() >= FLOOR_CHECK_NUMEL and not x.requires_grad
+    if checked and float(x.amin()) > floor + 1.0:  # every exp then exceeds twice e^floor: nothing to cut
+        return x.exp_() if inplace else x.exp()
     if inplace:
         return F.threshold(x.clamp_min_(floor).exp_(), 2 * math.exp(floor), 0.0, inplace=True)
     return F.threshold(x.clamp_min(floor).exp(), 2 * math.exp(floor), 0.0)
 
 
-def _own(logits: torch.Tensor, labels: torch.Tensor, dim: int) -> torch.Tensor:
-    """True at the true class: a bool mask shaped like logits."""
+def _classes(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """0..k-1 laid along `dim`, to compare with labels.unsqueeze(dim)."""
     shape = [1] * logits.dim()
     shape[dim] = logits.shape[dim]
-    classes = torch.arange(logits.shape[dim], device=logits.device).view(shape)
-    return labels.unsqueeze(dim) == classes
+    return torch.arange(logits.shape[dim], device=logits.device).view(shape)
+
+
+def _own(logits: torch.Tensor, labels: torch.Tensor, dim: int) -> torch.Tensor:
+    """True at the true class: a bool mask that broadcasts to logits (as small as the labels are)."""
+    return labels.unsqueeze(dim) == _classes(logits, dim)
 
 
 def _differences(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -106,8 +118,15 @@ def per_sample_loss_value(logits: torch.Tensor, labels: torch.Tensor, dim: int =
     """
     index = labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
     with torch.no_grad():
-        diff = logits - logits.gather(dim, index)  # the true class's entry is exactly 0
-        worst = diff.amax(dim=dim, keepdim=True)  # so this is M = max(0, max_{j != y} diff_j)
-        terms = exp_terms(diff.sub_(worst), inplace=True).scatter_(dim, index, 0.0)
-        m = worst.squeeze(dim)
+        top = logits.amax(dim=dim, keepdim=True)  # max_j z_j, over every class: z_y + M
+        # z_j - z_y - M is z_j - top: no pass over the logits for the differences to z_y
+        terms = exp_terms(logits - top, inplace=True).mul_(others_mask(logits, labels, dim))
+        m = (top - logits.gather(dim, index)).squeeze(dim)  # M = max(0, max_{j != y} z_j - z_y)
         return m + torch.log1p(torch.expm1(-m) + terms.sum(dim=dim))
+
+
+def others_mask(logits: torch.Tensor, labels: torch.Tensor, dim: int) -> torch.Tensor:
+    """1 at the classes other than the true one, 0 at it, in logits' dtype; from the labels as given,
+    so that it is as small as they are (a stack's items share them) and broadcasts to logits.
+    Multiplying by it is several times faster than scattering zeros along a strided dimension."""
+    return (labels.unsqueeze(dim) != _classes(logits, dim)).to(logits.dtype)

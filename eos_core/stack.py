@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .loss import exp_terms, label_shape, logit_gradient, margins, per_sample_loss, per_sample_loss_value
+from .loss import exp_terms, label_shape, logit_gradient, margins, others_mask, per_sample_loss, per_sample_loss_value
 from .models import weights_times_inputs
 from .objective import VMAP_BUDGET, Objective, unit_rows
 
@@ -241,13 +241,12 @@ class Stack:
             logits = cached[2].double()  # eval_state's logits at these very parameters: the training set's
         else:
             logits = self._logits(thetas, x).double()
+        # p_j = softmax(z)_j for j != y, each relatively accurate however small; 1 - p_y as their sum.
         dim = self.class_dim
-        index = y.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
-        loss = per_sample_loss_value(logits, index.squeeze(dim), dim).unsqueeze(dim)
-        # p_j = exp(z_j - z_y - l) for j != y (with no subnormal exp: see eos_core.loss)
-        p_other = exp_terms(logits - logits.gather(dim, index) - loss, inplace=True).scatter_(dim, index, 0.0)
-        miss = p_other.sum(dim=dim)  # 1 - p_y
-        norm_z = torch.sqrt((p_other * p_other).sum(dim=dim) + miss * miss)
+        p = exp_terms(logits - logits.amax(dim=dim, keepdim=True), inplace=True)
+        p = p.div_(p.sum(dim=dim, keepdim=True)).mul_(others_mask(logits, y, dim))
+        miss = p.sum(dim=dim)  # 1 - p_y
+        norm_z = torch.sqrt(p.mul_(p).sum(dim=dim) + miss * miss)
         return norm_z * torch.linalg.vector_norm(x.double(), dim=-1)
 
     # --- curvature -------------------------------------------------------------------------

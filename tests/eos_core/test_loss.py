@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from eos_core.loss import (
+    FLOOR_CHECK_NUMEL,
     exp_floor,
     exp_terms,
     logit_gradient,
@@ -123,3 +124,13 @@ def test_class_major_logits_give_the_same_losses_gradients_and_margins(dtype: to
     assert torch.allclose(per_sample_loss_value(by_class, y, dim=-2).double(), ref, rtol=1e-5, atol=0)
     grad_ref = torch.softmax(z.double(), -1) - onehot
     assert torch.allclose(logit_gradient(z, y).double(), grad_ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("low", [-30.0, -86.5, -200.0])
+def test_large_tensors_skip_the_floor_only_when_no_term_is_near_it(low: float) -> None:
+    """Above FLOOR_CHECK_NUMEL elements the clamp and cut are skipped when nothing is near the floor:
+    the result must be that of the small-tensor path, element by element."""
+    x = torch.linspace(low, 0.0, FLOOR_CHECK_NUMEL + 7, dtype=torch.float32)
+    pieces = torch.cat([exp_terms(part) for part in x.split(1000)])  # each piece below the check's size
+    assert torch.equal(exp_terms(x), pieces)
+    assert torch.equal(exp_terms(x.clone(), inplace=True), pieces)
