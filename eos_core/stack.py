@@ -108,9 +108,7 @@ class Stack:
         through here gives the same bits.
         """
         if not self.linear:
-            grads, losses = self.batch_grads(thetas, rows, idx, with_loss=record)
-            thetas.sub_(lr * grads)
-            return (grads, losses) if record else (None, None)
+            return self._layered_step(thetas, rows, idx, lr, record)
         x, y = self._batch(rows, idx)
         views = self._pinned_views if thetas is self._pinned else self.model.unflatten(thetas)
         w, b = views["W"], idx.shape[-1]
@@ -163,13 +161,44 @@ class Stack:
             else:
                 g = p @ x  # (M, k, d)
             return g.reshape(thetas.shape), logits.unsqueeze(0) if one else logits
-        with torch.enable_grad():
-            # One run: leaves of the run's own vector, so that no per-layer select sits in the graph.
-            leaves = self._leaves(thetas[0] if one else thetas)
-            logits = self.model.forward(leaves, x)
-            grads = torch.autograd.grad(logits, list(leaves.values()), logit_gradient(logits.detach(), y).mul_(scale))
+        _, grads, logits = self._layer_grads(thetas[0] if one else thetas, x, y)
         g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
-        return g, logits.detach().unsqueeze(0) if one else logits.detach()
+        return g, logits.unsqueeze(0) if one else logits
+
+    def _layer_grads(
+        self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...], torch.Tensor]:
+        """Autograd leaves viewing each layer of thetas ((M, P), or (P,) for a run alone: then no
+        per-layer select sits in the graph), the mean loss's gradient per layer, and the logits."""
+        with torch.enable_grad():
+            named = self._leaves(thetas)
+            leaves = list(named.values())
+            logits = self.model.forward(named, x)
+            scale = 1.0 / x.shape[-2]
+            grads = torch.autograd.grad(logits, leaves, logit_gradient(logits.detach(), y).mul_(scale))
+        return leaves, grads, logits.detach()
+
+    def _layered_step(
+        self, thetas: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, lr: torch.Tensor, record: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """sgd_step of a model with autograd layers: each layer's gradient is added into its leaf,
+        times -lr, in one call (no copy of the gradient into a flat vector, as an optimizer does it)."""
+        if len(thetas) > self._chunk(idx.shape[-1]):  # a stack too wide for one graph: in pieces
+            flat, losses = self.batch_grads(thetas, rows, idx, with_loss=record)
+            thetas.sub_(lr * flat)
+            return (flat, losses) if record else (None, None)
+        x, y = self._batch(rows, idx)
+        one = len(thetas) == 1
+        leaves, grads, logits = self._layer_grads(thetas[0] if one else thetas, x[0] if one else x, y[0] if one else y)
+        g: torch.Tensor | None = None
+        loss: torch.Tensor | None = None
+        if record:
+            g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
+            loss = per_sample_loss_value(logits, y[0] if one else y).mean(dim=-1).reshape(len(thetas))
+        factors = [(-lr).view(-1, *[1] * (leaf.dim() - 1)) for leaf in leaves]  # leaves (R', ...) or (...)
+        with torch.no_grad():
+            torch._foreach_addcmul_(leaves, list(grads), factors)
+        return g, loss
 
     def _grads_in_pieces(
         self, thetas: torch.Tensor, rows: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor
