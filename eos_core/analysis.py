@@ -70,6 +70,7 @@ def analyze(trace: Trace, spec: RunSpec, dataset_info: dict[str, Any] | None = N
     lr = spec.effective_lr
     loss = col["loss"]
     verdict, recomputed = verdict_column(col["stable"], col["stable_p"], spec.instrument.confidence)
+    finite_loss = loss[_finite(loss)]
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "recorded_steps": len(step),
@@ -79,7 +80,7 @@ def analyze(trace: Trace, spec: RunSpec, dataset_info: dict[str, Any] | None = N
         "final_test_loss": _last(col["test_loss"]),
         "final_test_acc": _last(col["test_acc"]),
         "final_test_step": _last_step(step, col["test_acc"]),
-        "max_loss": float(np.nanmax(loss[_finite(loss)])) if _finite(loss).any() else None,
+        "max_loss": float(finite_loss.max()) if len(finite_loss) else None,
         "loss_spikes": spikes(loss),
         "diverged_step": divergence(step, loss, col["param_norm"]),
         "verdicts_recomputed": recomputed if np.isfinite(verdict).any() else None,

@@ -52,46 +52,49 @@ def upper_envelope(loss: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(loss[::-1])[::-1]
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    xc = x - x.mean()
-    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
-
-
 @functools.cache
-def _block_counts(blocks: int) -> np.ndarray:
-    """How often each of `blocks` blocks is drawn in each resample (read-only; the same for every run)."""
+def _block_counts(blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How often each of `blocks` blocks is drawn in each resample, float64 (resamples, blocks), and
+    the first and last block each resample draws: read-only, the same for every run."""
     picks = np.random.default_rng(0).integers(0, blocks, (RATE_RESAMPLES, blocks))
     counts = np.zeros((RATE_RESAMPLES, blocks), dtype=np.int64)
     np.add.at(counts, (np.arange(RATE_RESAMPLES)[:, None], picks), 1)
-    counts.setflags(write=False)
-    return counts
+    weights = counts.astype(np.float64)
+    first, last = picks.min(axis=1), picks.max(axis=1)
+    for a in (weights, first, last):
+        a.setflags(write=False)
+    return weights, first, last
 
 
 def envelope_slope(t: np.ndarray, loss: np.ndarray) -> tuple[float, list[float] | None]:
-    """Least-squares slope of log E_t on log t, and its block-bootstrap interval."""
+    """Least-squares slope of log E_t on log t (t increasing), and its block-bootstrap interval."""
     x, y = np.log(t.astype(np.float64)), np.log(upper_envelope(loss))
-    slope = _slope(x, y)
+    xc, yc = x - x.mean(), y - y.mean()  # centred on the window's means, so that nothing cancels below
+    slope = float((xc * yc).sum() / (xc * xc).sum())
+    # Blocks of equal width in log t (block b holds edges[b] <= log t < edges[b + 1], the last one
+    # closed): t increasing, block b is the points [bounds[b], bounds[b + 1]).
     edges = np.linspace(x[0], x[-1], RATE_BLOCKS + 1)
-    block = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, RATE_BLOCKS - 1)
-    members = [np.flatnonzero(block == b) for b in range(RATE_BLOCKS)]
-    members = [m for m in members if len(m)]
-    if len(members) < 3:
+    bounds = np.concatenate([[0], np.searchsorted(x, edges[1:-1]), [len(x)]])
+    held = bounds[1:] > bounds[:-1]
+    starts, ends = bounds[:-1][held], bounds[1:][held]
+    if len(starts) < 3:
         return slope, None
     # All resamples at once: resample r counts block b picks[r] == b times, and each point of
     # block b enters its least-squares fit with that weight (the same slope as the concatenation).
-    counts = _block_counts(len(members)).astype(np.float64)  # (resamples, blocks)
-    # Each fit from the blocks' sums (counts, sums and cross products of the points, centred on
-    # the window's means so that nothing cancels): O(resamples x blocks) whatever the row count.
-    xc, yc = x - x.mean(), y - y.mean()
-    sums = np.array([[len(m), xc[m].sum(), yc[m].sum(), (xc[m] * xc[m]).sum(), (xc[m] * yc[m]).sum()] for m in members])
+    counts, first, last = _block_counts(len(starts))
+    # Each fit from the blocks' sums (counts, sums and cross products of the points): O(resamples x
+    # blocks) whatever the row count.
+    terms = np.stack([np.ones_like(xc), xc, yc, xc * xc, xc * yc])
+    sums = np.array([terms[:, i:j].sum(axis=1) for i, j in zip(starts, ends, strict=True)])
     n, sx, sy, sxx, sxy = (counts @ sums).T
-    lows, highs = np.array([x[m].min() for m in members]), np.array([x[m].max() for m in members])
-    picked = counts > 0
-    moving = np.where(picked, highs, -np.inf).max(axis=1) > np.where(picked, lows, np.inf).min(axis=1)
+    # The blocks lie in order along log t: a resample's points span from the lowest of its first
+    # block to the highest of its last.
+    moving = np.maximum.reduceat(x, starts)[last] > np.minimum.reduceat(x, starts)[first]
     spread = sxx - sx * sx / n
     draws = (sxy - sx * sy / n)[moving] / spread[moving]  # the picked points span some log t
     a = (1 - LEVEL) / 2
-    return slope, [float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))]
+    low, high = np.quantile(draws, [a, 1 - a])
+    return slope, [float(low), float(high)]
 
 
 def rate_applies(spec_model: str, dataset_info: dict[str, Any] | None) -> tuple[bool | None, str | None]:

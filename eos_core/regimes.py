@@ -22,6 +22,7 @@ changing the cadence changes the answers only within the resolution the summary 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +47,11 @@ def verdict_column(stable: np.ndarray, stable_p: np.ndarray, confidence: float) 
     `stable` column is used as it is, and stable_p is not read.
     """
     stable = np.asarray(stable, dtype=np.float64)
-    p = np.asarray(stable_p, dtype=np.float64)
     decided = np.isfinite(stable) & (stable != UNDECIDED)
-    contradicts = decided & np.isfinite(p) & (p > 1.0 - confidence) & (p < confidence)
-    if contradicts.any():
-        return verdicts(p, confidence), True
+    if decided.any():  # else nothing can contradict (a run without drift measurements)
+        p = np.asarray(stable_p, dtype=np.float64)
+        if (decided & np.isfinite(p) & (p > 1.0 - confidence) & (p < confidence)).any():
+            return verdicts(p, confidence), True
     return stable, False
 
 
@@ -75,11 +76,15 @@ class StepVerdicts:
     def stop(self) -> int:
         return int(self.end[-1])
 
+    @functools.cached_property
+    def _in_s_knots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The knots of in_s_before and its values there (asked for four times per summary)."""
+        knots = np.append(self.start, self.stop).astype(np.float64)
+        return knots, np.concatenate([[0.0], np.cumsum(self.length * (self.verdict == IN_S))])
+
     def in_s_before(self, t: np.ndarray | float) -> np.ndarray:
         """Steps in S in [s_0, t), for any real t in [s_0, T + 1] (piecewise linear in t)."""
-        knots = np.append(self.start, self.stop).astype(np.float64)
-        counts = np.concatenate([[0.0], np.cumsum(self.length * (self.verdict == IN_S))])
-        return np.asarray(np.interp(t, knots, counts))
+        return np.asarray(np.interp(t, *self._in_s_knots))
 
 
 def step_verdicts(step: np.ndarray, verdict: np.ndarray, last_step: int) -> StepVerdicts | None:
@@ -171,14 +176,19 @@ def fraction_interval(inside: np.ndarray, weights: np.ndarray) -> tuple[float, f
     x = inside.astype(np.float64)
     frac = float((x * weights).sum() / total)
     r = 0.0
-    if n > 2 and x[:-1].std() > 0 and x[1:].std() > 0:
-        r = float(np.clip(np.corrcoef(x[:-1], x[1:])[0, 1], 0.0, 0.99))
+    if n > 2 and _varies(inside[:-1]) and _varies(inside[1:]):  # else the correlation is undefined
+        r = min(max(0.0, float(np.corrcoef(x[:-1], x[1:])[0, 1])), 0.99)
     n_eff = max(1.0, n * (1 - r) / (1 + r))
     k = frac * n_eff
     a = (1 - LEVEL) / 2
     low = 0.0 if k <= 0 else float(special.betaincinv(k, n_eff - k + 1, a))  # beta.ppf(a, k, n_eff - k + 1)
     high = 1.0 if k >= n_eff else float(special.betaincinv(k + 1, n_eff - k, 1 - a))
     return frac, low, high
+
+
+def _varies(inside: np.ndarray) -> bool:
+    """Whether the 0/1 values are not all equal (their standard deviation is not 0)."""
+    return bool(inside.any()) and not bool(inside.all())
 
 
 def _clip(sv: StepVerdicts, begin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +213,8 @@ def exits_by_loss_decade(
     nxt = np.append(st[1:], sv.stop)
     idx = np.searchsorted(sv.start, st, side="right") - 1  # the measured row in force at each step
     holds = idx >= 0
-    state = np.where(holds, sv.verdict[np.clip(idx, 0, None)], np.nan)
-    span = np.clip(nxt - np.maximum(st, entrance), 0, None)
+    state = np.where(holds, sv.verdict[np.maximum(idx, 0)], np.nan)
+    span = np.maximum(nxt - np.maximum(st, entrance), 0)
     in_steps = np.where(state == IN_S, span, 0).astype(np.float64)
     decade = np.floor(np.log10(ls)).astype(int)
     exit_decade = [int(decade[max(0, np.searchsorted(st, e.exit, side="right") - 1)]) for e in exits]
@@ -256,9 +266,9 @@ def regimes(step: np.ndarray, verdict: np.ndarray, loss: np.ndarray) -> dict[str
         )
         return out
     v_e, w_e = _clip(sv, entrance)
-    out["fraction_in_S_after_entrance"], out["fraction_in_S_after_entrance_interval"] = _pair(
-        fraction_interval(v_e == IN_S, w_e)
-    )
+    # Often the entrance is the first measured step: the same rows as `overall`.
+    after_entrance = overall if entrance == sv.first else fraction_interval(v_e == IN_S, w_e)
+    out["fraction_in_S_after_entrance"], out["fraction_in_S_after_entrance_interval"] = _pair(after_entrance)
     out["fraction_undecided_after_entrance"] = float((w_e * (v_e == UNDECIDED)).sum() / w_e.sum())
     after = [e for e in excursions(sv) if e.exit > entrance]
     lengths = [e.ret - e.exit for e in after if e.ret is not None]

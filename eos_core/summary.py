@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import ItemsView, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -43,7 +44,9 @@ Num = Annotated[float | None, BeforeValidator(_finite_or_none)]
 Interval = list[Num]
 
 
-def _split_legacy(data: Mapping[str, Any], known: Any) -> dict[str, Any]:
+def _split_legacy(data: Mapping[str, Any], known: AbstractSet[str]) -> dict[str, Any]:
+    if data.keys() <= known:  # a fresh summary: one set comparison, not two passes over its keys
+        return dict(data)
     unknown = {k: v for k, v in data.items() if k not in known}
     kept = {k: v for k, v in data.items() if k in known}
     if unknown:
@@ -242,7 +245,7 @@ class RunSummary(_Record):
     def _keep_unknown_as_legacy(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        return _split_legacy(data, cls.model_fields)
+        return _split_legacy(data, cls.model_fields.keys())
 
     @classmethod
     def from_stored(cls, data: Mapping[str, Any] | RunSummary | None) -> RunSummary | None:

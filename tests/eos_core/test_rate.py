@@ -37,6 +37,14 @@ def test_envelope_slope_interval_is_the_concatenated_block_bootstrap(rows: int) 
     assert interval == pytest.approx(_bootstrap_by_concatenation(t, loss), rel=1e-9)
 
 
+def test_envelope_slope_interval_with_empty_and_one_point_blocks() -> None:
+    """Dense early steps, then a few far apart: empty blocks between, and blocks of one point."""
+    t = np.concatenate([np.arange(1, 200), [10**5, 3 * 10**5, 10**6]])
+    loss = 3.0 / t * np.exp(0.4 * np.random.default_rng(1).standard_normal(len(t)))
+    _, interval = envelope_slope(t, loss)
+    assert interval == pytest.approx(_bootstrap_by_concatenation(t, loss), rel=1e-9)
+
+
 def test_poisson_rate_is_garwoods_interval() -> None:
     a = (1 - LEVEL) / 2
     for count in (0, 1, 4, 37):

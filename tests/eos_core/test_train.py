@@ -212,6 +212,26 @@ def test_recorder_grows_instead_of_allocating_every_step_up_front() -> None:
     assert np.isnan(result["drift"]).all()
 
 
+def test_recorder_chunks_and_result_are_copies_of_its_rows() -> None:
+    from eos_core.trace import METRICS, TraceRecorder
+
+    chunks: list[dict[str, np.ndarray]] = []
+    recorder = TraceRecorder(capacity=3, chunk_rows=2, sink=chunks.append)  # grows past its capacity
+    for step in range(7):
+        recorder.set(recorder.new_row(10 * step), loss=float(step), sharpness=2.0 * step)
+        recorder.flush()
+    recorder.flush(force=True)
+    result = recorder.result()
+    recorder.set(0, loss=-1.0)  # neither the result nor a chunk sees a later write
+    assert list(result) == [*METRICS, "step"] and [len(c["step"]) for c in chunks] == [2, 2, 2, 1]
+    for name in result:
+        np.testing.assert_array_equal(np.concatenate([c[name] for c in chunks]), result[name], err_msg=name)
+    np.testing.assert_array_equal(result["step"], np.arange(0, 70, 10))
+    np.testing.assert_array_equal(result["loss"], np.arange(7.0))
+    np.testing.assert_array_equal(result["sharpness"], 2.0 * np.arange(7))
+    assert np.isnan(result["drift"]).all() and result["step"].dtype == np.int64
+
+
 def test_each_instrument_draws_from_its_own_stream() -> None:
     """Turning sharpness off leaves every drift value as it was, and the reverse."""
     both = train(_spec(device="cpu", optimizer__steps=40)).trace
