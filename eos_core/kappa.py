@@ -19,6 +19,7 @@ Pooling over the runs of an experiment that share a batch size concatenates thei
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -31,15 +32,21 @@ from .verdict import IN_S, OUTSIDE_S
 KAPPA_QUANTILE = 0.05
 
 
-def _quantile_with_interval(x: np.ndarray, q: float) -> tuple[float, float, float | None]:
+@functools.cache
+def _order_statistics(n: int, q: float) -> tuple[int, int]:
+    """The 1-based order statistics bounding the q-quantile of n values at LEVEL (cached: scipy's
+    binomial quantiles cost about 50 us each, and every run of a sweep of one length asks the same)."""
     from scipy import stats  # here: the API imports eos_core and should not pay for scipy
 
+    a = (1 - LEVEL) / 2
+    return int(stats.binom.ppf(a, n, q)), int(stats.binom.ppf(1 - a, n, q)) + 1
+
+
+def _quantile_with_interval(x: np.ndarray, q: float) -> tuple[float, float, float | None]:
     x = np.sort(x)
     n = len(x)
     k = max(1, math.ceil(q * n))
-    a = (1 - LEVEL) / 2
-    lo = int(stats.binom.ppf(a, n, q))  # 1-based order statistic of the lower end
-    hi = int(stats.binom.ppf(1 - a, n, q)) + 1
+    lo, hi = _order_statistics(n, q)
     low = float(x[lo - 1]) if lo >= 1 else 0.0
     high = float(x[hi - 1]) if hi <= n else None
     return float(x[k - 1]), low, high
