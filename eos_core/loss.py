@@ -11,12 +11,13 @@ number (about 1e-38 in float32), where `logsumexp(z) - z_y` rounds to 0 near 1e-
 For large M every exponent is <= 0, so nothing overflows; the loss is M plus O(1).
 The gradient flows through exp(z_j - z_y - M), which stays relatively accurate too.
 
-No exp here ever returns a subnormal number or 0: on x86 such an exp costs 10-120x a normal
-one, and a run at tiny losses has most of its terms there. Exponents are floored at
+No exp of the loss's terms returns a subnormal number or 0: on x86 such an exp costs 10-120x
+a normal one, and a run at tiny losses has most of its terms there. Exponents are floored at
 exp_floor (about log of the dtype's smallest normal number) and terms at most twice
 e^exp_floor (3.3e-38 in float32, 6.6e-308 in float64) then count as 0, as an underflowed
-term would: the loss and its gradient only change where they are near the underflow
-themselves, and a loss still underflows to exactly 0.
+term would: the loss only changes where it is near the underflow itself, and it still
+underflows to exactly 0. The gradient's softmax is torch's fused kernel (one pass where the
+floored exp took five), which keeps subnormal entries; they move no parameter.
 
 `dim` is the class dimension: -1 for logits (..., n, k); -2 for class-major logits (..., k, n),
 whose reductions over the classes run along contiguous rows (about 2x faster over many short
@@ -38,7 +39,7 @@ def exp_floor(dtype: torch.dtype) -> float:
 
 # From this many elements on, a CPU tensor is first checked for terms near the floor (one read):
 # without any, the clamp and the threshold (two writes) are skipped.
-FLOOR_CHECK_NUMEL = 4096
+FLOOR_CHECK_NUMEL = 2**16
 
 
 def exp_terms(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -101,13 +102,21 @@ def logit_gradient(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) ->
 
     It is softmax(z) - e_y, with the true class's entry taken as minus the sum of the others:
     those are relatively accurate however small (softmax shifts by the largest logit), while
-    p_y - 1 would round to 0 at losses below the dtype's epsilon.
+    p_y - 1 would round to 0 at losses below the dtype's epsilon. Unlike the loss's terms, the
+    softmax keeps subnormal entries (torch.softmax, one fused pass): they change no step.
     """
     index = labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
-    # softmax by hand: torch.softmax is several times slower on many short rows (a stack of runs).
-    p = exp_terms(logits - logits.amax(dim=dim, keepdim=True), inplace=True)
-    p = p.div_(p.sum(dim=dim, keepdim=True)).scatter_(dim, index, 0.0)
+    p = softmax(logits, dim)
+    p = p.scatter_(dim, index, 0.0)
     return p.scatter_(dim, index, -p.sum(dim=dim, keepdim=True))
+
+
+def softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """torch.softmax over `dim`, never over the last dimension: torch's kernel for that one is
+    7-14x slower over a few classes (a stack of runs has many short rows), the other one is not."""
+    if dim % logits.dim() == logits.dim() - 1:
+        return torch.softmax(logits.transpose(-1, -2), dim=-2).transpose(-1, -2)
+    return torch.softmax(logits, dim=dim)
 
 
 def per_sample_loss_value(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:

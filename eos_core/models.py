@@ -102,7 +102,7 @@ class FlatModel:
                 fan_in = shape[1]
                 w = torch.randn(shape, generator=generator, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
                 parts.append(w.to(dtype))
-        return torch.cat([t.reshape(-1) for t in parts])
+        return parts[0].reshape(-1) if len(parts) == 1 else torch.cat([t.reshape(-1) for t in parts])
 
 
 def apply_weights(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

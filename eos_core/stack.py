@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .loss import exp_terms, label_shape, logit_gradient, margins, others_mask, per_sample_loss, per_sample_loss_value
+from .loss import label_shape, logit_gradient, margins, others_mask, per_sample_loss, per_sample_loss_value, softmax
 from .models import weights_times_inputs
 from .objective import VMAP_BUDGET, Objective, unit_rows
 
@@ -272,8 +272,7 @@ class Stack:
             logits = self._logits(thetas, x).double()
         # p_j = softmax(z)_j for j != y, each relatively accurate however small; 1 - p_y as their sum.
         dim = self.class_dim
-        p = exp_terms(logits - logits.amax(dim=dim, keepdim=True), inplace=True)
-        p = p.div_(p.sum(dim=dim, keepdim=True)).mul_(others_mask(logits, y, dim))
+        p = softmax(logits, dim).mul_(others_mask(logits, y, dim))
         miss = p.sum(dim=dim)  # 1 - p_y
         norm_z = torch.sqrt(p.mul_(p).sum(dim=dim) + miss * miss)
         return norm_z * torch.linalg.vector_norm(x.double(), dim=-1)

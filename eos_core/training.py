@@ -218,12 +218,14 @@ class _Slice:
     # --- the training step ----------------------------------------------------------------
     def batches(self, t: int, steps: int) -> torch.Tensor:
         """The live runs' batches at step t, (R', B), from blocks drawn ahead."""
-        if not self.block.numel() or t - self.block_start >= self.block.shape[1]:
+        if not self.block.numel() or t - self.block_start >= self.block.shape[0]:
             count = min(BLOCK, steps - t)
             blocks = [self.runs[i].sampler.block(count) for i in self.live]
-            self.block = torch.stack(blocks).to(self.thetas.device)  # one copy per block, not per step
+            # (steps, R', B): one copy to the device per block, not per step, and each step's
+            # batches contiguous (a strided column would be copied again to index the data)
+            self.block = torch.stack(blocks, dim=1).to(self.thetas.device)
             self.block_start = t
-        return self.block[:, t - self.block_start]
+        return self.block[t - self.block_start]
 
     def step(self, t: int, steps: int, recorded: list[int] | None) -> None:
         """One SGD update of every live run; with the batch loss and gradient norm of the recorded rows."""
@@ -256,7 +258,7 @@ class _Slice:
             self.thetas, self.rows, self.lr = self.thetas[at], self.rows[at], self.lr[at]
             self.stack.pin(self.thetas)
             if self.block.numel():
-                self.block = self.block[at]
+                self.block = self.block[:, at]
         self.snapshot, self.snapshot_step, self.since_snapshot = self.thetas.clone(), t, []
 
     def _replay(self, suspect: torch.Tensor) -> None:
