@@ -104,8 +104,8 @@ class Stack:
         """thetas[i] -= lr[i] g_b, b = idx[i], in place; with the batch gradients and losses if `record`.
 
         The linear model's step is fused: each run's logit gradient is scaled by its lr and
-        added into its parameters, times -1/b, by one batched product, without forming g_b. Replaying a step
-        through here gives the same bits.
+        added into its parameters, times -1/b, by one batched product, without forming g_b.
+        Replaying a step through here gives the same bits.
         """
         if not self.linear:
             return self._layered_step(thetas, rows, idx, lr, record)
