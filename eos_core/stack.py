@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .loss import label_shape, logit_gradient, margins, others_mask, per_sample_loss, per_sample_loss_value, softmax
+from .loss import logit_gradient, margins, others_mask, per_sample_loss, per_sample_loss_value, softmax
 from .models import weights_times_inputs
 from .objective import VMAP_BUDGET, Objective, unit_rows
 
@@ -219,12 +219,13 @@ class Stack:
         grads, logits = self._grads_in_pieces(thetas, rows, self.x_eval, self.y_eval)
         y, dim = self._of(self.y_eval, rows), self.class_dim
         self._eval_logits = (thetas, thetas._version, logits)
-        labels = y.expand(label_shape(logits.shape, dim))
+        # The labels as they are (one set shared by the runs, or each run's): masks made from them
+        # are that small, where the expanded labels would make masks as large as the logits.
         return {
-            "loss": per_sample_loss_value(logits, labels, dim).mean(dim=-1),
+            "loss": per_sample_loss_value(logits, y, dim).mean(dim=-1),
             "grad": grads,
-            "acc": (_predicted(logits, dim) == labels).to(thetas.dtype).mean(dim=-1),
-            "margin": margins(logits, labels, dim).amin(dim=-1),
+            "acc": (_predicted(logits, dim) == y).to(thetas.dtype).mean(dim=-1),
+            "margin": margins(logits, y, dim).amin(dim=-1),
             "logit_scale": logits.abs().flatten(1).amax(dim=1),
         }
 
@@ -250,9 +251,8 @@ class Stack:
     def test_state(self, thetas: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, dim = self._of(self.x_test, rows), self._of(self.y_test, rows), self.class_dim
         logits = self._logits(thetas, x)
-        labels = y.expand(label_shape(logits.shape, dim))
-        accuracy = (_predicted(logits, dim) == labels).to(thetas.dtype).mean(-1)
-        return per_sample_loss_value(logits, labels, dim).mean(dim=-1), accuracy
+        accuracy = (_predicted(logits, dim) == y).to(thetas.dtype).mean(-1)
+        return per_sample_loss_value(logits, y, dim).mean(dim=-1), accuracy
 
     def _logits(self, thetas: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits laid out as class_dim says."""
