@@ -118,22 +118,25 @@ def softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.softmax(logits, dim=dim)
 
 
-def per_sample_loss_value(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def per_sample_loss_value(
+    logits: torch.Tensor, labels: torch.Tensor, dim: int = -1, overwrite: bool = False
+) -> torch.Tensor:
     """per_sample_loss without a graph (values only), in fewer passes over the logits.
 
     The same formula, each pass overwriting its input: on a stack of runs' evaluations the
-    logits are the largest tensor there is.
+    logits are the largest tensor there is. `overwrite`: the caller's logits may be overwritten
+    too (no tensor of their size is allocated).
     """
     index = labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
     with torch.no_grad():
         top = logits.amax(dim=dim, keepdim=True)  # max_j z_j, over every class: z_y + M
         # z_j - z_y - M is z_j - top: no pass over the logits for the differences to z_y
-        terms = exp_terms(logits - top, inplace=True).mul_(others_mask(logits, labels, dim))
         m = (top - logits.gather(dim, index)).squeeze(dim)  # M = max(0, max_{j != y} z_j - z_y)
-        rest = terms.sum(dim=dim)
+        shifted = logits.sub_(top) if overwrite else logits - top
+        rest = exp_terms(shifted, inplace=True).mul_(others_mask(logits, labels, dim)).sum(dim=dim)
         # Every example classified (M = 0): the loss is log1p(rest) exactly, in two passes fewer.
         # Asked on the CPU only: on an accelerator the answer would wait for the device.
-        if m.device.type == "cpu" and not bool(m.any()):
+        if m.device.type == "cpu" and float(m.max()) == 0.0:  # (M >= 0; a NaN fails the test)
             return torch.log1p(rest)
         return m + torch.log1p(torch.expm1(-m) + rest)
 

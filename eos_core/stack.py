@@ -245,7 +245,8 @@ class Stack:
             x, y = self._of(self.x_eval, group).unsqueeze(1), self._of(self.y_eval, group).unsqueeze(1)
             for j in range(0, count, per_run):
                 logits = self._logits(thetas[r : r + run_group, j : j + per_run], x)
-                out[r : r + run_group, j : j + per_run] = per_sample_loss_value(logits, y, self.class_dim).mean(dim=-1)
+                loss = per_sample_loss_value(logits, y, self.class_dim, overwrite=True)
+                out[r : r + run_group, j : j + per_run] = loss.mean(dim=-1)
         return out
 
     def test_state(self, thetas: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
