@@ -195,9 +195,12 @@ class Stack:
         if record:
             g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
             loss = per_sample_loss_value(logits, y[0] if one else y).mean(dim=-1).reshape(len(thetas))
-        factors = [(-lr).view(-1, *[1] * (leaf.dim() - 1)) for leaf in leaves]  # leaves (R', ...) or (...)
         with torch.no_grad():
-            torch._foreach_addcmul_(leaves, list(grads), factors)
+            if one:  # torch's fused multi-tensor add, as torch.optim.SGD takes it (lr as a number)
+                torch._foreach_add_(leaves, list(grads), alpha=-float(self.lr64[int(rows[0])]))
+            else:  # each run its own lr: a product per layer, broadcast over the layer's shape
+                neg = -lr
+                torch._foreach_addcmul_(leaves, list(grads), [neg.view(-1, *[1] * (x.dim() - 1)) for x in leaves])
         return g, loss
 
     def _grads_in_pieces(
