@@ -41,7 +41,7 @@ def make_activation(name: str, leak: float = 0.5, huber_width: float = 1.0) -> A
         def leaky(z: torch.Tensor) -> torch.Tensor:
             # (1 - c) base(z) + c z in one pass (and one in the backward), where the sum of two
             # products took three: the hidden layer is the largest tensor of a two-layer step.
-            return torch.lerp(base(z), z, c)
+            return torch.lerp(base(z), z, c)  # (NaN at an infinite z, where the sum gave inf: non-finite either way)
 
         return leaky
     return _base(name, huber_width)

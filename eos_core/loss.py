@@ -16,8 +16,11 @@ a normal one, and a run at tiny losses has most of its terms there. Exponents ar
 exp_floor (about log of the dtype's smallest normal number) and terms at most twice
 e^exp_floor (3.3e-38 in float32, 6.6e-308 in float64) then count as 0, as an underflowed
 term would: the loss only changes where it is near the underflow itself, and it still
-underflows to exactly 0. The gradient's softmax is torch's fused kernel (one pass where the
-floored exp took five), which keeps subnormal entries; they move no parameter.
+underflows to exactly 0 (where it was a subnormal number before). Through autograd
+(per_sample_loss: the Hessian-vector products) a cut term has no gradient. The training
+step's softmax (logit_gradient) is torch's fused kernel, one pass where the floored exp took
+five, and keeps subnormal entries: they move no parameter, but at terms below 3.3e-38 in
+float32 the step and the Hessian disagree on which terms exist.
 
 `dim` is the class dimension: -1 for logits (..., n, k); -2 for class-major logits (..., k, n),
 whose reductions over the classes run along contiguous rows (about 2x faster over many short
@@ -43,7 +46,7 @@ FLOOR_CHECK_NUMEL = 2**16
 
 
 def exp_terms(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """exp(x), with terms below twice e^exp_floor set to 0, never computing a subnormal (module doc)."""
+    """exp(x), with terms at most twice e^exp_floor set to 0, never computing a subnormal (module doc)."""
     floor = exp_floor(x.dtype)
     checked = x.device.type == "cpu" and x.numel() >= FLOOR_CHECK_NUMEL and not x.requires_grad
     if checked and float(x.amin()) > floor + 1.0:  # every exp then exceeds twice e^floor: nothing to cut
@@ -136,7 +139,7 @@ def per_sample_loss_value(
         rest = exp_terms(shifted, inplace=True).mul_(others_mask(logits, labels, dim)).sum(dim=dim)
         # Every example classified (M = 0): the loss is log1p(rest) exactly, in two passes fewer.
         # Asked on the CPU only: on an accelerator the answer would wait for the device.
-        if m.device.type == "cpu" and float(m.max()) == 0.0:  # (M >= 0; a NaN fails the test)
+        if m.device.type == "cpu" and m.numel() and float(m.max()) == 0.0:  # (M >= 0; a NaN fails the test)
             return torch.log1p(rest)
         return m + torch.log1p(torch.expm1(-m) + rest)
 

@@ -51,11 +51,10 @@ class FlatModel:
         return self.forward(self.unflatten(theta), x)
 
     def class_major_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Logits (..., k, n): the linear model's computed that way round (W x^T, contiguous);
-        the other models' as a transposed view of `logits`."""
-        if self.kind == "linear":
-            return weights_times_inputs(self.unflatten(theta)["W"], x)
-        return self.logits(theta, x).transpose(-1, -2)
+        """The linear model's logits (..., k, n), computed that way round (W x^T, contiguous)."""
+        if self.kind != "linear":
+            raise ValueError(f"class-major logits are made for the linear model, not {self.kind}")
+        return weights_times_inputs(self.unflatten(theta)["W"], x)
 
     def forward(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits from named parameters (as unflatten gives them; leaves of their own for autograd)."""

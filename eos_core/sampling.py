@@ -104,6 +104,7 @@ def draw_weighted_runs(
     """
     first = samplers[0]
     n, b, runs = first.n, first.batch_size, len(samplers)
+    assert all((s.n, s.batch_size, s.kind) == (n, b, first.kind) for s in samplers), "one slice's samplers"
     special = torch.stack(
         [torch.multinomial(proposals[i], count, replacement=True, generator=g) for i, g in enumerate(generators)]
     )  # (R, count)
@@ -111,13 +112,18 @@ def draw_weighted_runs(
         others = torch.empty(runs, count, 0, dtype=torch.long)
     elif first.kind == "with_replacement":
         others = torch.stack([torch.randint(n, (count, b - 1), generator=g) for g in generators])
-    else:
-        keys = torch.stack([torch.rand(count, n, generator=g) for g in generators])
-        keys.scatter_(-1, special.unsqueeze(-1), 2.0)  # never among the others: keys are < 1
-        others = keys.argsort(dim=-1)[..., : b - 1]
+    else:  # one run's (count, n) keys at a time: all runs' at once would take R times the memory
+        others = torch.stack([_others_without(special[i], n, b, g) for i, g in enumerate(generators)])
     batches = torch.cat([special.unsqueeze(-1), others], dim=-1)
     weights = b / (n * proposals.gather(1, batches.view(runs, -1)).view(runs, count, b).sum(dim=-1))
     return batches, weights
+
+
+def _others_without(special: torch.Tensor, n: int, b: int, generator: torch.Generator) -> torch.Tensor:
+    """B - 1 distinct members besides each batch's `special` one (count,), uniformly: (count, B - 1)."""
+    keys = torch.rand(len(special), n, generator=generator)
+    keys[torch.arange(len(special)), special] = 2.0  # never among the others: keys are < 1
+    return keys.argsort(dim=1)[:, : b - 1]
 
 
 def _log_multinomial(members: tuple[int, ...]) -> float:

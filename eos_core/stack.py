@@ -102,11 +102,13 @@ class Stack:
         self, thetas: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, lr: torch.Tensor, record: bool = False
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """thetas[i] -= lr[i] g_b, b = idx[i], in place; with the batch gradients and losses if `record`.
+        `lr`: the runs' step sizes, (R',) or (R', 1), in the parameters' dtype and device.
 
         The linear model's step is fused: each run's logit gradient is scaled by its lr and
         added into its parameters, times -1/b, by one batched product, without forming g_b.
         Replaying a step through here gives the same bits.
         """
+        lr = lr.reshape(-1, 1)
         if not self.linear:
             return self._layered_step(thetas, rows, idx, lr, record)
         x, y = self._batch(rows, idx)
@@ -196,11 +198,12 @@ class Stack:
             g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
             loss = per_sample_loss_value(logits, y[0] if one else y).mean(dim=-1).reshape(len(thetas))
         with torch.no_grad():
-            if one:  # torch's fused multi-tensor add, as torch.optim.SGD takes it (lr as a number)
-                torch._foreach_add_(leaves, list(grads), alpha=-float(self.lr64[int(rows[0])]))
-            else:  # each run its own lr: a product per layer, broadcast over the layer's shape
+            if one and lr.device.type == "cpu":  # torch's fused multi-tensor add, as torch.optim.SGD takes it
+                torch._foreach_add_(leaves, list(grads), alpha=-float(lr[0, 0]))
+            else:  # each run its own lr (or one on a device, not read back): a product per layer
                 neg = -lr
-                torch._foreach_addcmul_(leaves, list(grads), [neg.view(-1, *[1] * (x.dim() - 1)) for x in leaves])
+                factors = [neg.view(-1, *[1] * (leaf.dim() - 1)) for leaf in leaves]
+                torch._foreach_addcmul_(leaves, list(grads), factors)
         return g, loss
 
     def _grads_in_pieces(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from eos_core import RunSpec, train
 from eos_core.data import load_dataset
 from eos_core.drift import DriftEstimator, control_variate_mean
-from eos_core.sampling import BatchSampler
+from eos_core.sampling import BatchSampler, draw_weighted_runs
 from eos_core.training import build_objective
 
 DATA = {"kind": "gaussian_mixture", "classes": 3, "per_class": 15, "dim": 5, "separation": 1.0}
@@ -212,3 +213,18 @@ def test_a_float32_drift_below_float32_resolution_is_enumerated_in_float64() -> 
     assert abs(exact64.drift) < 1e-5 * loss  # below what float32 losses resolve
     assert abs(exact32.drift - exact64.drift) < 1e-6 * abs(exact64.drift)
     assert exact32.batch_grads.dtype == torch.float32  # quad_drift gets the run's own dtype
+
+
+@pytest.mark.parametrize("kind", ["with_replacement", "without_replacement", "reshuffle"])
+def test_batched_importance_draws_are_each_runs_own(kind: str) -> None:
+    """draw_weighted_runs for three runs: bit for bit what each run's generator draws alone."""
+    n, b, count = 12, 3, 7
+    proposals = torch.rand(3, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    proposals /= proposals.sum(dim=1, keepdim=True)
+    samplers = [BatchSampler(n, b, kind, torch.Generator().manual_seed(r)) for r in range(3)]
+    batches, weights = draw_weighted_runs(
+        samplers, count, proposals, [torch.Generator().manual_seed(10 + r) for r in range(3)]
+    )
+    for r, sampler in enumerate(samplers):
+        alone_b, alone_w = sampler.draw_weighted(count, proposals[r], torch.Generator().manual_seed(10 + r))
+        assert torch.equal(batches[r], alone_b) and torch.equal(weights[r], alone_w)

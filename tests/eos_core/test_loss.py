@@ -134,3 +134,15 @@ def test_large_tensors_skip_the_floor_only_when_no_term_is_near_it(low: float) -
     pieces = torch.cat([exp_terms(part) for part in x.split(1000)])  # each piece below the check's size
     assert torch.equal(exp_terms(x), pieces)
     assert torch.equal(exp_terms(x.clone(), inplace=True), pieces)
+
+
+def test_overwriting_the_logits_gives_the_same_losses() -> None:
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 2, 5, 40, generator=gen) * 30  # (runs, items, k, n): some misclassified
+    y = torch.randint(5, (1, 1, 40), generator=gen)  # one label set shared by all
+    expected = per_sample_loss_value(z, y, dim=-2)
+    scratch = z.clone()
+    assert torch.equal(per_sample_loss_value(scratch, y, dim=-2, overwrite=True), expected)
+    assert not torch.equal(scratch, z)  # it did overwrite
+    by_example = z.movedim(-2, -1)  # (runs, items, n, k), labels (1, 1, n)
+    assert torch.allclose(per_sample_loss_value(by_example, y), expected, rtol=1e-6, atol=0)

@@ -87,3 +87,36 @@ def test_stacked_batch_gradients_and_batch_sharpness_equal_per_batch_autograd(na
             u = expected / torch.linalg.vector_norm(expected)
             sharp = u @ hessian(loss)(thetas[r]) @ u
             torch.testing.assert_close(terms[r, k], sharp, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("runs", [1, RUNS])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_sgd_step_is_theta_minus_lr_times_each_batch_gradient(
+    name: str, runs: int, wide: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused / per-layer step against torch.func's gradient of each run's batch loss, with
+    unequal step sizes; `wide`: a stack too wide for one graph, stepped in pieces."""
+    if wide:
+        monkeypatch.setattr("eos_core.stack.VMAP_BUDGET", 1)
+    stack, objectives, thetas = _stack(MODELS[name], own_data=True)
+    stack = Stack(objectives[:runs])
+    thetas = thetas[:runs].clone()
+    rows = torch.arange(runs)
+    lr = torch.tensor([0.3, 2.0, 7.5][:runs], dtype=torch.float64)
+    idx = torch.randint(24, (runs, 4), generator=torch.Generator().manual_seed(8))
+    before = thetas.clone()
+    g, losses = stack.sgd_step(thetas, rows, idx, lr.unsqueeze(1), record=True)
+    assert g is not None and losses is not None
+    for r, o in enumerate(objectives[:runs]):
+
+        def loss(th: torch.Tensor, b: torch.Tensor = idx[r], o: Objective = o) -> torch.Tensor:
+            return mean_loss(o.model.logits(th, o.x_train[b]), o.y_train[b])
+
+        expected = grad(loss)(before[r])
+        torch.testing.assert_close(g[r], expected, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(losses[r], loss(before[r]), rtol=1e-12, atol=0)
+        torch.testing.assert_close(thetas[r], before[r] - lr[r] * expected, rtol=1e-12, atol=1e-13)
+    again = before.clone()
+    stack.sgd_step(again, rows, idx, lr)  # unrecorded, lr as (R,): the same update, bit for bit
+    assert torch.equal(again, thetas)
