@@ -227,11 +227,12 @@ class Stack:
         self._eval_logits = (thetas, thetas._version, logits)
         # The labels as they are (one set shared by the runs, or each run's): masks made from them
         # are that small, where the expanded labels would make masks as large as the logits.
+        margin = margins(logits, y, dim)
         return {
             "loss": per_sample_loss_value(logits, y, dim).mean(dim=-1),
             "grad": grads,
-            "acc": (_predicted(logits, dim) == y).to(thetas.dtype).mean(dim=-1),
-            "margin": margins(logits, y, dim).amin(dim=-1),
+            "acc": _correct(logits, y, dim, margin).to(thetas.dtype).mean(dim=-1),
+            "margin": margin.amin(dim=-1),
             "logit_scale": logits.abs().flatten(1).amax(dim=1),
         }
 
@@ -352,6 +353,15 @@ def _split(vectors: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Te
         parts.append(vectors[..., start : start + size].reshape(shape))
         start += size
     return parts
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor, dim: int, margin: torch.Tensor) -> torch.Tensor:
+    """Is the predicted class (argmax's: the first of tied ones) the label? A positive margin says
+    so without a search over the classes; only where some margin is 0 (ties, as at a linear
+    model's zero start) are the predictions themselves taken."""
+    if bool((margin == 0).any()):
+        return _predicted(logits, dim) == labels
+    return margin > 0
 
 
 def _predicted(logits: torch.Tensor, dim: int) -> torch.Tensor:

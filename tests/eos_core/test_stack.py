@@ -120,3 +120,19 @@ def test_sgd_step_is_theta_minus_lr_times_each_batch_gradient(
     again = before.clone()
     stack.sgd_step(again, rows, idx, lr)  # unrecorded, lr as (R,): the same update, bit for bit
     assert torch.equal(again, thetas)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_eval_state_accuracy_and_margin_are_argmax_and_the_runner_up_gap(name: str) -> None:
+    """Accuracy as argmax == label (the first of tied classes, as at a zero start) and the smallest
+    margin z_y - max_{j != y} z_j, against a plain computation on each run's logits."""
+    stack, objectives, thetas = _stack(MODELS[name], own_data=True)
+    thetas[0] = 0.0  # every logit of run 0 tied (the linear model's start)
+    state = stack.eval_state(thetas, torch.arange(RUNS))
+    for r, o in enumerate(objectives):
+        logits = o.model.logits(thetas[r], o.x_eval)
+        expected_acc = (logits.argmax(dim=-1) == o.y_eval).double().mean()
+        torch.testing.assert_close(state["acc"][r], expected_acc, rtol=0, atol=0)
+        z_y = logits.gather(1, o.y_eval.unsqueeze(1)).squeeze(1)
+        others = logits.scatter(1, o.y_eval.unsqueeze(1), float("-inf")).amax(dim=1)
+        torch.testing.assert_close(state["margin"][r], (z_y - others).min(), rtol=1e-12, atol=1e-12)
