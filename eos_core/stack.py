@@ -112,8 +112,7 @@ class Stack:
         if not self.linear:
             return self._layered_step(thetas, rows, idx, lr, record)
         x, y = self._batch(rows, idx)
-        views = self._pinned_views if thetas is self._pinned else self.model.unflatten(thetas)
-        w, b = views["W"], idx.shape[-1]
+        w, b = self._views(thetas)["W"], idx.shape[-1]
         if len(thetas) == 1:  # plain matrix products for a run alone
             w, x, y = w[0], x[0], y[0]
         logits = weights_times_inputs(w, x)  # (R', k, b)
@@ -133,6 +132,10 @@ class Stack:
         self._pinned_row = thetas[0] if len(thetas) == 1 else None  # a run alone: leaves of its own vector
         self._pinned_leaves = self._make_leaves(thetas if self._pinned_row is None else self._pinned_row)
         self._pinned_views = self.model.unflatten(thetas)
+
+    def _views(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named layer views of thetas (the live stack's kept from pin())."""
+        return self._pinned_views if thetas is self._pinned else self.model.unflatten(thetas)
 
     def _make_leaves(self, thetas: torch.Tensor) -> dict[str, torch.Tensor]:
         # Each layer a leaf of its own: the gradient of one flat leaf through slices of it would
@@ -154,8 +157,8 @@ class Stack:
             x, y = x[0], y.expand(x.shape[:-1])[0]
         scale = 1.0 / x.shape[-2]
         if self.linear:
-            views = self._pinned_views if thetas is self._pinned else self.model.unflatten(thetas)
-            w = views["W"][0] if one else views["W"]
+            w = self._views(thetas)["W"]
+            w = w[0] if one else w
             logits = weights_times_inputs(w, x)  # (M, k, b)
             p = logit_gradient(logits, y, dim=-2).mul_(scale)
             if x.dim() == 3 and x.shape[0] == 1 and p.dim() == 3:  # shared inputs: one product for all runs
@@ -164,8 +167,7 @@ class Stack:
                 g = p @ x  # (M, k, d)
             return g.reshape(thetas.shape), logits.unsqueeze(0) if one else logits
         _, grads, logits = self._layer_grads(thetas[0] if one else thetas, x, y)
-        g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
-        return g, logits.unsqueeze(0) if one else logits
+        return _flat(grads, len(thetas)), logits.unsqueeze(0) if one else logits
 
     def _layer_grads(
         self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor
@@ -195,7 +197,7 @@ class Stack:
         g: torch.Tensor | None = None
         loss: torch.Tensor | None = None
         if record:
-            g = torch.cat([part.reshape(len(thetas), -1) for part in grads], dim=-1)
+            g = _flat(grads, len(thetas))
             loss = per_sample_loss_value(logits, y[0] if one else y).mean(dim=-1).reshape(len(thetas))
         with torch.no_grad():
             if one and lr.device.type == "cpu":  # torch's fused multi-tensor add, as torch.optim.SGD takes it
@@ -303,7 +305,7 @@ class Stack:
         def hvp(vectors: torch.Tensor) -> torch.Tensor:
             parts = _split(vectors, shapes)
             products = torch.autograd.grad(grads, list(leaves.values()), parts, retain_graph=True)
-            return torch.cat([p.reshape(len(vectors), -1) for p in products], dim=-1).detach()
+            return _flat(products, len(vectors)).detach()
 
         return hvp
 
@@ -332,17 +334,23 @@ class Stack:
             logits = self.model.forward(leaves, x)
             total = per_sample_loss(logits, y).mean(dim=-1).sum()
             grads = torch.autograd.grad(total, list(leaves.values()), create_graph=True)
-            flat = torch.cat([g.reshape(r * k, -1) for g in grads], dim=-1)
+            flat = _flat(grads, r * k)
             units, _, _ = unit_rows(flat.detach())
             shapes = [leaf.shape for leaf in leaves.values()]
             products = torch.autograd.grad(grads, list(leaves.values()), _split(units, shapes))
-        hu = torch.cat([p.reshape(r * k, -1) for p in products], dim=-1)
+        hu = _flat(products, r * k)
         return (units * hu).sum(dim=-1).view(r, k)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Do two views cover the same memory the same way (thetas[0] is a new view object each time)?"""
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
+def _flat(parts: Sequence[torch.Tensor], rows: int) -> torch.Tensor:
+    """Per-layer tensors (each (rows, *layer shape), or one run's layer shape) as rows (rows, P):
+    the inverse of _split."""
+    return torch.cat([part.reshape(rows, -1) for part in parts], dim=-1)
 
 
 def _split(vectors: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
