@@ -99,7 +99,7 @@ def test_sgd_step_is_theta_minus_lr_times_each_batch_gradient(
     unequal step sizes; `wide`: a stack too wide for one graph, stepped in pieces."""
     if wide:
         monkeypatch.setattr("eos_core.stack.VMAP_BUDGET", 1)
-    stack, objectives, thetas = _stack(MODELS[name], own_data=True)
+    _, objectives, thetas = _stack(MODELS[name], own_data=True)
     stack = Stack(objectives[:runs])
     thetas = thetas[:runs].clone()
     rows = torch.arange(runs)
