@@ -127,6 +127,8 @@ def weights_times_inputs(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if _shares_inputs(x, lead):
         o, d = w.shape[-2:]
         return (w.reshape(-1, d) @ x.reshape(-1, d).transpose(0, 1)).view(*lead, o, x.shape[-2])
+    if w.dim() == x.dim() and w.dim() in (2, 3):  # torch.mm / bmm directly: matmul's dispatch costs more
+        return torch.mm(w, x.t()) if w.dim() == 2 else torch.bmm(w, x.transpose(1, 2))
     return w @ x.transpose(-1, -2)
 
 

@@ -146,3 +146,32 @@ def test_overwriting_the_logits_gives_the_same_losses() -> None:
     assert not torch.equal(scratch, z)  # it did overwrite
     by_example = z.movedim(-2, -1)  # (runs, items, n, k), labels (1, 1, n)
     assert torch.allclose(per_sample_loss_value(by_example, y), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "label_shape"),
+    [
+        ((5, 16), -2, (16,)),  # a run alone, class-major
+        ((7, 5, 16), -2, (7, 16)),  # a stack, class-major
+        ((3, 2, 5, 9), -2, (1, 1, 9)),  # labels shared by every run and item (broadcast)
+        ((4, 6, 3), 0, (6, 3)),  # classes first
+        ((4, 6, 3), 1, (4, 3)),
+    ],
+)
+def test_logit_gradient_writes_the_true_class_where_a_scatter_would(
+    shape: tuple[int, ...], dim: int, label_shape: tuple[int, ...]
+) -> None:
+    """The contiguous path (indexed writes into the flat tensor) against the scatter formulation
+    written out here, bit for bit, and against softmax - e_y in float64."""
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(shape, generator=gen) * 20
+    y = torch.randint(shape[dim], label_shape, generator=gen)
+    grad = logit_gradient(z, y, dim=dim)
+    index = y.expand([s for i, s in enumerate(shape) if i != dim % len(shape)]).unsqueeze(dim)
+    p = torch.softmax(z, dim=dim).scatter_(dim, index, 0.0)
+    expected = p.scatter_(dim, index, -p.sum(dim=dim, keepdim=True))
+    assert torch.equal(grad, expected)
+    onehot = torch.zeros(shape, dtype=torch.float64).scatter_(dim, index, 1.0)
+    reference = torch.softmax(z.double(), dim=dim) - onehot
+    assert torch.allclose(grad.double(), reference, rtol=1e-4, atol=1e-6)
+    assert (grad.sum(dim=dim).abs() < 1e-6).all()  # the true class's entry is minus the others' sum
