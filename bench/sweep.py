@@ -25,6 +25,12 @@ and two ways to train the R runs, timed side by side in each (workload, mode, R)
   sliced      one `eos_core.train_slice(specs, datasets=...)` call (any Exception among its
               outcomes stops the benchmark)
 
+With instruments off, a third arm gives the reference the issue's first table used:
+
+  plain       a plain PyTorch loop (autograd, F.cross_entropy, torch.optim.SGD: bench/instrumentation.py's
+              bare loop) for each spec, one after another, on the runs timed sequentially; its loop alone
+              is clocked. The column `sliced/plain` is the sliced rate over this one's.
+
 Both are clocked with time.perf_counter around the whole calls: set-up, the training loop and
 the post-run analysis, everything but loading the dataset (the runs' own `loop_seconds` would
 not do: in a slice the loop is shared). On CUDA the device is synchronised before each clock
@@ -33,7 +39,7 @@ runs (default 8, spread evenly over the R step sizes) and scaled by R / runs: th
 "8 of 64". Drift every step is costly, so drift mode runs fewer steps (`--steps-drift`).
 
 Every cell is run `--repeats` times, after an untimed warm-up per (workload, mode); the repeats
-alternate which of sequential and sliced goes first and rotate the order of the R values. The
+alternate the order of the arms and rotate the order of the R values. The
 table shows medians with the min..max over repeats, the ratio of the medians sliced/sequential,
 the issue-10 targets (this CPU: linear R = 64 >= 30x with instruments off and >= 10x with drift
 every step; two_layer R = 64 >= 5x with instruments off) marked PASS or MISS, and the largest
@@ -72,8 +78,11 @@ from eos_core.models import build_model
 from eos_core.spec import RunSpec
 from eos_core.training import RunResult, resolve_device, train, train_slice
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from instrumentation import run_bare  # bench/ holds scripts, not a package
+
 MODES = ("off", "drift")
-ARMS = ("sequential", "sliced")
+ARMS = ("sequential", "sliced", "plain")
 DEFAULT_R = (1, 8, 64)
 # Targets for sliced / sequential run-steps/s at (workload, mode, R) (issue 10, 2-core CPU).
 TARGETS: dict[tuple[str, str, int], float] = {
@@ -171,6 +180,11 @@ def run_sequential(specs: Sequence[RunSpec], data: Dataset, device: torch.device
     return time.perf_counter() - started, results
 
 
+def run_plain(specs: Sequence[RunSpec], data: Dataset, device: torch.device) -> float:
+    """Seconds of the plain PyTorch loops of `specs`, one after another (their loops alone)."""
+    return sum(run_bare(spec, data, device) for spec in specs)
+
+
 def run_sliced(specs: Sequence[RunSpec], data: Dataset, device: torch.device) -> tuple[float, list[RunResult]]:
     synchronize(device)
     started = time.perf_counter()
@@ -235,6 +249,7 @@ def benchmark(
             specs = make_specs(w, mode, 2, WARMUP_STEPS, str(device))
             run_sequential(specs, datasets[w.key], device)
             run_sliced(specs, datasets[w.key], device)
+            run_plain(specs, datasets[w.key], device)
     for rep in range(repeats):
         shift = rep % len(rs)
         r_order = rs[shift:] + rs[:shift]
@@ -248,6 +263,11 @@ def benchmark(
                     subset = sequential_subset(r, sequential_max)
                     finals: dict[str, list[float]] = {}
                     for arm in arms:
+                        if arm == "plain":
+                            if mode == "off":
+                                seconds = run_plain([specs[i] for i in subset], data, device) * r / len(subset)
+                                cell.rates[arm].append(r * cell.steps / seconds)
+                            continue
                         if arm == "sequential":
                             seconds, results = run_sequential([specs[i] for i in subset], data, device)
                             seconds *= r / len(subset)
@@ -277,7 +297,8 @@ def format_rate(values: list[float]) -> tuple[str, str]:
 def format_table(cells: dict[tuple[str, str, int], Cell]) -> str:
     header = (
         f"{'workload':<11}{'mode':<7}{'R':>4}{'steps':>7}{'sequential':>12}{'min..max':>18}{'seq runs':>15}"
-        f"{'sliced':>11}{'min..max':>18}{'ratio':>9}{'target':>9}{'verdict':>9}{'loss rel diff':>15}  statuses"
+        f"{'sliced':>11}{'min..max':>18}{'ratio':>9}{'target':>9}{'verdict':>9}{'plain':>9}{'sliced/plain':>14}"
+        f"{'loss rel diff':>15}  statuses"
     )
     lines = [header, "-" * len(header)]
     for (workload, mode, r), cell in cells.items():
@@ -288,10 +309,12 @@ def format_table(cells: dict[tuple[str, str, int], Cell]) -> str:
         verdict = "-" if target is None else ("PASS" if ratio >= target else "MISS")
         seq_runs = "all" if cell.sequential_runs == r else f"{cell.sequential_runs} of {r}, sc."
         statuses = ", ".join(f"{n} {status}" for status, n in sorted(cell.statuses.items()))
+        plain = f"{cell.rate('plain'):.0f}" if cell.rates["plain"] else "-"
+        over_plain = f"{cell.rate('sliced') / cell.rate('plain'):.2f}x" if cell.rates["plain"] else "-"
         lines.append(
             f"{workload:<11}{mode:<7}{r:>4}{cell.steps:>7}{seq:>12}{seq_spread:>18}{seq_runs:>15}"
             f"{sliced:>11}{sliced_spread:>18}{ratio:>8.2f}x{'>= ' + f'{target:g}x' if target else '-':>9}"
-            f"{verdict:>9}{cell.loss_gap:>15.1e}  {statuses}"
+            f"{verdict:>9}{plain:>9}{over_plain:>14}{cell.loss_gap:>15.1e}  {statuses}"
         )
     return "\n".join(lines)
 
@@ -364,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "run-steps/s = R * steps / seconds of the whole train / train_slice calls (data loading excluded); "
         "ratio = sliced / sequential medians;\n'seq runs': runs timed sequentially ('k of R, sc.' = k runs timed, "
-        "scaled to R); 'loss rel diff': max |final loss sliced - sequential| / |sequential| over those runs"
+        "scaled to R); 'plain': a plain PyTorch loop per run, one after another (instruments off only);\n"
+        "'loss rel diff': max |final loss sliced - sequential| / |sequential| over those runs"
     )
     print(format_table(cells))
     print(f"\ntotal {time.perf_counter() - started:.0f} s, load average {load_average()}")
