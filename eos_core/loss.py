@@ -69,12 +69,6 @@ def _own(logits: torch.Tensor, labels: torch.Tensor, dim: int) -> torch.Tensor:
     return labels.unsqueeze(dim) == _classes(logits, dim)
 
 
-def _differences(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """z_j - z_y with the true class set to -inf; labels are logits' shape without `dim`."""
-    z_y = logits.gather(dim, labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim))
-    return (logits - z_y).masked_fill(_own(logits, labels, dim), float("-inf"))
-
-
 def label_shape(shape: torch.Size, dim: int) -> list[int]:
     """The labels' shape for logits of `shape` with classes along `dim`."""
     return [size for i, size in enumerate(shape) if i != dim % len(shape)]
@@ -97,7 +91,10 @@ def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def margins(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """z_y - max_{j != y} z_j per sample: positive where the point is classified correctly."""
-    return -_differences(logits, labels, dim).amax(dim=dim)
+    z_y = logits.gather(dim, labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)).squeeze(dim)
+    # z_y - max_{j != y} z_j: rounding is monotone, so this is -max_{j != y} fl(z_j - z_y) to the
+    # bit, without a pass over the logits for the differences
+    return z_y - logits.masked_fill(_own(logits, labels, dim), float("-inf")).amax(dim=dim)
 
 
 def logit_gradient(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:

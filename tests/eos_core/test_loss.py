@@ -175,3 +175,17 @@ def test_logit_gradient_writes_the_true_class_where_a_scatter_would(
     reference = torch.softmax(z.double(), dim=dim) - onehot
     assert torch.allclose(grad.double(), reference, rtol=1e-4, atol=1e-6)
     assert (grad.sum(dim=dim).abs() < 1e-6).all()  # the true class's entry is minus the others' sum
+
+
+@pytest.mark.parametrize("dim", [-1, -2])
+def test_margins_equal_the_largest_difference_to_the_true_class(dim: int) -> None:
+    """margins() against -max_{j != y} (z_j - z_y) written out, bit for bit, with infinite and NaN logits."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 7, 6, generator=gen) * 50
+    z[0, 0, 0], z[1, 2, 3], z[2, 1, 1], z[3, 3, 2] = math.inf, -math.inf, math.nan, math.inf
+    y = torch.randint(z.shape[dim], [s for i, s in enumerate(z.shape) if i != dim % 3], generator=gen)
+    index = y.unsqueeze(dim)
+    differences = (z - z.gather(dim, index)).scatter(dim, index, -math.inf)
+    expected = -differences.amax(dim=dim)
+    assert torch.equal(margins(z, y, dim).isnan(), expected.isnan())
+    assert torch.equal(margins(z, y, dim).nan_to_num(0.0), expected.nan_to_num(0.0))
