@@ -33,6 +33,8 @@ UNCHANGED_FIELDS = frozenset(
 
 
 def _finite_or_none(value: Any) -> Any:
+    if value.__class__ is float:  # the common case first: pydantic calls this for every number of a summary
+        return value if math.isfinite(value) else None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -243,6 +245,8 @@ class RunSummary(_Record):
     @model_validator(mode="before")
     @classmethod
     def _keep_unknown_as_legacy(cls, data: Any) -> Any:
+        if data.__class__ is dict and _RUN_SUMMARY_FIELDS.issuperset(data):
+            return data  # a fresh summary (pydantic copies what it keeps, so no copy is needed)
         if not isinstance(data, Mapping):
             return data
         return _split_legacy(data, cls.model_fields.keys())
@@ -263,3 +267,7 @@ class RunSummary(_Record):
     def to_json(self) -> dict[str, Any]:
         """Strict JSON (no NaN): what the store keeps."""
         return self.model_dump(mode="json")
+
+
+# RunSummary's fields, for its validator's test of a fresh summary (a frozenset: the fastest superset test).
+_RUN_SUMMARY_FIELDS = frozenset(RunSummary.model_fields)

@@ -11,6 +11,7 @@ from scipy import stats
 
 from eos_core import METRICS, RunSpec, RunSummary, analyze, kappa_b
 from eos_core.rate import frozen_from, upper_envelope
+from eos_core.summary import SCHEMA_VERSION
 from eos_core.verdict import IN_S, OUTSIDE_S, UNDECIDED
 
 
@@ -309,3 +310,69 @@ def test_summary_is_strict_json_and_old_summaries_load_as_legacy() -> None:
     assert read.legacy == {"entrance_step": 7, "n_exits": 3, "stability_constant": 4.0}
     assert read["final_loss"] == 0.1 and read.get("kappa_B", "none") == "none"
     assert RunSummary.from_stored(None) is None
+
+
+def test_short_traces_are_summarised_as_worked_out_by_hand() -> None:
+    """A sliced run with instruments off records two rows: every field of its summary, and a diverged four-row run's."""
+    trace = _trace(
+        2,
+        step=np.array([0, 400]),
+        loss=np.array([2.3, 0.01]),
+        acc=np.array([0.2, 1.0]),
+        param_norm=np.array([0.0, 5.0]),
+        sharpness=np.array([np.nan, 0.5]),
+    )
+    lr = 10.0
+    s = analyze(trace, _spec(lr), {"separable": True})
+    assert s == {
+        "schema_version": SCHEMA_VERSION,
+        "recorded_steps": 2,
+        "last_step": 400,
+        "final_loss": 0.01,
+        "final_acc": 1.0,
+        "final_test_loss": None,
+        "final_test_acc": None,
+        "final_test_step": None,
+        "max_loss": 2.3,
+        "loss_spikes": 0,
+        "diverged_step": None,
+        "verdicts_recomputed": None,
+        "drift_measured": False,
+        "sharpness_edge": {
+            "measured": 1,
+            "steps_above": 1,
+            "fraction_above": 1.0,
+            "first_step_above": 400,
+            "max_times_eta_over_2": 0.5 * lr / 2,
+        },
+        "batch_sharpness_edge": {"measured": 0},
+        "rate_applies": True,
+        "rate_note": None,
+        "frozen_from_step": None,
+        "rate_window_start": 40,
+        "rate_window_rule": "tenth_of_run",
+        "rate_C": lr * 400.0 * 0.01,
+        "rate_C_step": 400,
+        "rate_points": 1,
+        "best_loss": 0.01,
+        "best_step": 400,
+        "best_iterate_curve": {"step": [0, 400], "loss": [2.3, 0.01]},
+        "kappa_B": None,
+        "kappa_B_bound": None,
+        "kappa_B_interval": None,
+        "kappa_B_quantile": 0.05,
+        "kappa_B_rows_outside": 0,
+        "kappa_B_rows_in_S": 0,
+    }
+    # A diverged run: the loss and the norm go to inf at step 300; the frozen tail is the last two rows.
+    trace = _trace(
+        4,
+        step=np.array([0, 100, 200, 300]),
+        loss=np.array([1.0, 3.0, 3.0, np.inf]),
+        param_norm=np.array([1, 2, 2, np.inf]),
+    )
+    s = analyze(trace, _spec(lr), None)
+    assert s["diverged_step"] == 300 and s["loss_spikes"] == 1 and s["max_loss"] == 3.0 and s["final_loss"] == 3.0
+    # Frozen from 100 (loss and norm constant since): the window [30, 100) holds no row.
+    assert s["frozen_from_step"] == 100 and s["rate_window_start"] == 30 and "rate_C" not in s
+    assert s["rate_applies"] is None and s["best_step"] == 0
