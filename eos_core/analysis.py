@@ -50,7 +50,8 @@ def spikes(loss: np.ndarray, factor: float = 2.0) -> int:
     l_ = loss[ok]
     if len(l_) < 2:
         return 0
-    return int((l_[1:] > factor * l_[:-1]).sum())
+    with np.errstate(over="ignore"):  # a loss near the float maximum: factor * it is inf, no spike
+        return int((l_[1:] > factor * l_[:-1]).sum())
 
 
 def _last(a: np.ndarray) -> float | None:

@@ -133,7 +133,8 @@ def rate(
     t, l_ = step[ok], loss[ok]
     if len(t) == 0:
         return out
-    c = lr * t.astype(np.float64) * l_
+    with np.errstate(over="ignore"):  # a loss near the float maximum: C is inf (stored as null)
+        c = lr * t.astype(np.float64) * l_
     out.update(rate_C=float(c.max()), rate_C_step=int(t[int(np.argmax(c))]), rate_points=len(t))
     if len(t) >= RATE_MIN_POINTS and t[-1] > t[0]:
         slope, interval = envelope_slope(t, l_)

@@ -224,8 +224,8 @@ def exits_by_loss_decade(
         rate = poisson_rate(count, exposure) if resolved else None
         rows.append(
             {
-                "loss_low": 10.0**d,
-                "loss_high": 10.0 ** (d + 1),
+                "loss_low": _power_of_ten(d),
+                "loss_high": _power_of_ten(d + 1),
                 "steps_in_S": int(exposure),
                 "exits": count,
                 "exit_rate_per_1000": rate[0] if rate else None,
@@ -233,6 +233,14 @@ def exits_by_loss_decade(
             }
         )
     return rows
+
+
+def _power_of_ten(exponent: int) -> float:
+    """10^exponent as a float; inf past the largest (a loss of 1e308 is in the decade [1e308, inf))."""
+    try:
+        return 10.0**exponent
+    except OverflowError:
+        return math.inf
 
 
 def regimes(step: np.ndarray, verdict: np.ndarray, loss: np.ndarray) -> dict[str, Any]:

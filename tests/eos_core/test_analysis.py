@@ -376,3 +376,14 @@ def test_short_traces_are_summarised_as_worked_out_by_hand() -> None:
     # Frozen from 100 (loss and norm constant since): the window [30, 100) holds no row.
     assert s["frozen_from_step"] == 100 and s["rate_window_start"] == 30 and "rate_C" not in s
     assert s["rate_applies"] is None and s["best_step"] == 0
+
+
+def test_a_loss_in_the_last_decade_of_the_floats_has_an_open_decade() -> None:
+    """A loss of 1e308 in S after entrance: its decade is [1e308, inf), stored as [1e308, None]
+    (10.0 ** 309 raised OverflowError, and the run lost its summary)."""
+    n = 200
+    loss = np.where(np.arange(n) < 100, 1.5e308, 0.5)
+    s = _summary(_trace(n, stable=_verdicts(n, [(150, 155)]), loss=loss))
+    rows = {round(math.log10(r.loss_low or 1)): r for r in s.exits_by_loss_decade or []}
+    assert rows[308].loss_low == 1e308 and rows[308].loss_high is None and rows[308].steps_in_S == 100
+    assert rows[-1].exits == 1 and rows[-1].loss_high == 1.0
