@@ -74,9 +74,13 @@ def label_shape(shape: torch.Size, dim: int) -> list[int]:
     return [size for i, size in enumerate(shape) if i != dim % len(shape)]
 
 
+def _true_class(logits: torch.Tensor, labels: torch.Tensor, dim: int) -> torch.Tensor:
+    """The labels as an index along `dim` of the logits (for gather and scatter)."""
+    return labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
+
+
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    labels = labels.expand(label_shape(logits.shape, dim))
-    diff = logits - logits.gather(dim, labels.unsqueeze(dim))  # the true class's entry is exactly 0
+    diff = logits - logits.gather(dim, _true_class(logits, labels, dim))  # the true class's entry is exactly 0
     # M = max(0, max_{j != y} diff_j) is the max over every class. A shift: its gradient cancels
     # analytically, so it is cut off the graph.
     worst = diff.amax(dim=dim, keepdim=True).detach()
@@ -91,7 +95,7 @@ def mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def margins(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """z_y - max_{j != y} z_j per sample: positive where the point is classified correctly."""
-    z_y = logits.gather(dim, labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)).squeeze(dim)
+    z_y = logits.gather(dim, _true_class(logits, labels, dim)).squeeze(dim)
     # z_y - max_{j != y} z_j: rounding is monotone, so this is -max_{j != y} fl(z_j - z_y) to the
     # bit, without a pass over the logits for the differences
     return z_y - logits.masked_fill(_own(logits, labels, dim), float("-inf")).amax(dim=dim)
@@ -112,7 +116,7 @@ def logit_gradient(logits: torch.Tensor, labels: torch.Tensor, dim: int = -1) ->
         flat.index_fill_(0, at, 0.0)
         flat.index_add_(0, at, p.sum(dim=dim).view(-1), alpha=-1.0)  # 0 - sum: exactly -sum
         return p
-    index = labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
+    index = _true_class(logits, labels, dim)
     p = p.scatter_(dim, index, 0.0)
     return p.scatter_(dim, index, -p.sum(dim=dim, keepdim=True))
 
@@ -142,7 +146,7 @@ def per_sample_loss_value(
     logits are the largest tensor there is. `overwrite`: the caller's logits may be overwritten
     too (no tensor of their size is allocated).
     """
-    index = labels.expand(label_shape(logits.shape, dim)).unsqueeze(dim)
+    index = _true_class(logits, labels, dim)
     with torch.no_grad():
         top = logits.amax(dim=dim, keepdim=True)  # max_j z_j, over every class: z_y + M
         # z_j - z_y - M is z_j - top: no pass over the logits for the differences to z_y
